@@ -1,0 +1,7 @@
+"""``python -m neuroflood`` (what ``torchrun -m neuroflood`` runs)."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

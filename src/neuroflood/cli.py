@@ -1,0 +1,69 @@
+"""The ``neuroflood`` command: parse arguments, build a config, call the library.
+
+Each stage registers its own subcommands (``register(subparsers)`` in ``<stage>/commands.py``)
+so that this file stays a table of contents. A :class:`~neuroflood.errors.NeurofloodError`
+is printed on one line (``neuroflood: error: …``) and exits with status 2; set
+``NEUROFLOOD_DEBUG=1`` to see the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from typing import Sequence
+
+from . import __version__
+from .errors import NeurofloodError
+
+# Modules that provide ``register(subparsers)``, in the order their commands are listed.
+COMMAND_MODULES = [
+    "neuroflood.model.commands",  # import-tf, model-info
+    "neuroflood.commands",  # synth
+]
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="neuroflood",
+        description=(
+            "Flood-filling networks for neuron reconstruction in volume EM.\n"
+            "Axis order is z,y,x everywhere; thresholds are probabilities."
+        ),
+        formatter_class=_Formatter,
+    )
+    parser.add_argument("--version", action="version", version=f"neuroflood {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def add_command(sub: argparse._SubParsersAction, name: str, help: str, description: str | None = None) -> argparse.ArgumentParser:
+    """A subcommand parser with neuroflood's help formatting (defaults shown)."""
+    return sub.add_parser(name, help=help, description=description or help, formatter_class=_Formatter)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        result = args.func(args)
+    except NeurofloodError as e:
+        if os.environ.get("NEUROFLOOD_DEBUG"):
+            raise
+        print(f"neuroflood: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("neuroflood: interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""The FFN network: google/ffn ``convstack_3d``, layer for layer.
+
+Input: the normalized image ``(img - mean) / std`` and the current object-mask logits (the
+"seed"), each ``[B, 1, Z, Y, X]``. Output: ``seed + update`` logits, ``[B, 1, Z, Y, X]``.
+
+Layer order (ffn-algorithms.md §1.2)::
+
+    x = concat(image, seed)
+    x = relu(conv0_a(x)); x = conv0_b(x)
+    for i in 1 .. depth-1:                  # residual modules
+        skip = x                            # taken BEFORE the ReLU
+        x = relu(x); x = relu(conv{i}_a(x)); x = conv{i}_b(x); x = x + skip
+    x = relu(x)
+    logits = seed + conv_lom(x)             # 1x1x1 conv to one channel
+
+Layers are named as in the TensorFlow checkpoint (``conv0_a`` … ``conv_lom``) so that the
+import is a table lookup.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ConfigError
+
+
+def layer_names(depth: int) -> list[str]:
+    """Names of the conv layers in order, as in google/ffn's checkpoint."""
+    names = ["conv0_a", "conv0_b"]
+    for i in range(1, depth):
+        names += [f"conv{i}_a", f"conv{i}_b"]
+    return names + ["conv_lom"]
+
+
+def _features_per_layer(depth: int, features: int | Sequence[int]) -> list[int]:
+    n = 2 * depth  # every 3x3x3 conv; conv_lom always has 1 output
+    if isinstance(features, int):
+        return [features] * n
+    feats = [int(f) for f in features]
+    if len(feats) != n:
+        raise ConfigError(
+            f"features has {len(feats)} entries but depth {depth} has {n} 3x3x3 convs; "
+            "give one per conv (conv0_a, conv0_b, conv1_a, ...) or a single int"
+        )
+    # The skip connection adds conv{i}_b's output to its module input.
+    for i in range(1, depth):
+        if feats[2 * i + 1] != feats[2 * i - 1]:
+            raise ConfigError(
+                f"features for conv{i}_b ({feats[2 * i + 1]}) must equal its module input "
+                f"({feats[2 * i - 1]}) for the residual sum"
+            )
+    return feats
+
+
+class ConvStack3D(nn.Module):
+    """FFN ``convstack_3d`` with additive output: ``logits = seed + update``.
+
+    Parameters
+    ----------
+    depth : int
+        Number of residual levels; ``depth - 1`` residual modules follow the stem
+        (google/ffn default 9; the published FIB-25 model uses 12).
+    features : int or sequence of int
+        Channels of every 3x3x3 conv, or one value per conv in the order conv0_a, conv0_b,
+        conv1_a, ...
+    fov_size, deltas : (z, y, x)
+        Field of view and FOV move step. They do not change the layers (the stack is fully
+        convolutional) but travel with the model for training and inference.
+    """
+
+    def __init__(
+        self,
+        depth: int = 9,
+        features: int | Sequence[int] = 32,
+        fov_size: Sequence[int] = (33, 33, 33),
+        deltas: Sequence[int] = (8, 8, 8),
+    ):
+        super().__init__()
+        if depth < 1:
+            raise ConfigError(f"depth must be >= 1, got {depth}")
+        self.depth = int(depth)
+        self.fov_size = tuple(int(v) for v in fov_size)
+        self.deltas = tuple(int(v) for v in deltas)
+        feats = _features_per_layer(self.depth, features)
+        self.features = features if isinstance(features, int) else list(feats)
+        in_ch = [2] + feats[:-1]
+        self.layers = nn.ModuleDict()
+        for name, cin, cout in zip(layer_names(depth)[:-1], in_ch, feats):
+            self.layers[name] = nn.Conv3d(cin, cout, kernel_size=3, padding=1)
+        self.layers["conv_lom"] = nn.Conv3d(feats[-1], 1, kernel_size=1)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Glorot-uniform weights (fan_avg over in·k³ and out·k³) and zero biases, as tf_slim."""
+        for conv in self.layers.values():
+            nn.init.xavier_uniform_(conv.weight)
+            nn.init.zeros_(conv.bias)
+
+    def forward(self, image: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
+        L = self.layers
+        x = torch.cat([image, seed], dim=1)
+        x = F.relu(L["conv0_a"](x))
+        x = L["conv0_b"](x)
+        for i in range(1, self.depth):
+            skip = x
+            x = F.relu(x)
+            x = F.relu(L[f"conv{i}_a"](x))
+            x = L[f"conv{i}_b"](x)
+            x = x + skip
+        x = F.relu(x)
+        return seed + L["conv_lom"](x)
+
+    def architecture(self) -> dict:
+        """The constructor arguments, enough to rebuild this network."""
+        return {
+            "name": "convstack_3d",
+            "depth": self.depth,
+            "features": self.features,
+            "fov_size": list(self.fov_size),
+            "deltas": list(self.deltas),
+        }
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def flops_per_voxel(self) -> int:
+        """Multiply-adds x 2 per output voxel of one forward pass (convs only)."""
+        total = 0
+        for conv in self.layers.values():
+            k = conv.kernel_size[0] * conv.kernel_size[1] * conv.kernel_size[2]
+            total += 2 * conv.in_channels * conv.out_channels * k
+        return total
