@@ -1,0 +1,5 @@
+"""Training data preparation: partitions and class-balanced coordinates."""
+
+from .coordfile import CoordinateSet, CoordinateShard, open_coordinates, write_coordinates
+
+__all__ = ["CoordinateSet", "CoordinateShard", "open_coordinates", "write_coordinates"]
