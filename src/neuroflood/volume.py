@@ -348,10 +348,9 @@ def _kind(spec: str) -> str:
         return "zarr"
     if _split_container(s, (".n5",)):
         return "n5"
-    base = s.rsplit(":", 1)[0] if re.search(r":[^/\\]*$", s) and not re.match(r"^[a-z]:\\", s) else s
-    if base.endswith(_H5_EXT):
+    if re.search(r"\.(h5|hdf5|hdf)(:|$)", s):
         return "h5"
-    if base.endswith(".npz"):
+    if re.search(r"\.npz(:|$)", s):
         return "npz"
     if s.endswith(".npy"):
         return "npy"
@@ -489,11 +488,26 @@ def create_volume(
 ) -> Volume:
     """Create a writable, chunked, compressed volume (HDF5, zarr, N5, precomputed or npy).
 
-    Refuses to replace an existing volume unless ``overwrite`` is set. Readers should not
-    see half-written data: write to a temporary spec and :func:`replace_volume` it into
-    place, or use :func:`write_volume` for whole arrays.
+    Refuses to replace an existing volume unless ``overwrite`` is set. For whole arrays,
+    :func:`write_volume` writes atomically.
     """
-    spec = os.fspath(spec)
+    try:
+        return _create_volume(os.fspath(spec), shape, dtype, chunks, compression, fill_value, overwrite)
+    except VolumeError:
+        raise
+    except OSError as e:
+        raise VolumeError(f"cannot create {os.fspath(spec)!r}: {e}; check the path and that no other program holds the file open") from e
+
+
+def _create_volume(
+    spec: str,
+    shape: Sequence[int],
+    dtype: Any,
+    chunks: Sequence[int] | None = None,
+    compression: str | None = "gzip",
+    fill_value: int | float = 0,
+    overwrite: bool = False,
+) -> Volume:
     shape = tuple(int(s) for s in shape)
     dtype = np.dtype(dtype)
     chunks = tuple(int(c) for c in chunks) if chunks else _default_chunks(shape)
@@ -611,7 +625,15 @@ def write_volume(
     temporary name and renamed inside the file. zarr arrays are written to a temporary
     directory and renamed.
     """
-    spec = os.fspath(spec)
+    try:
+        _write_volume(os.fspath(spec), np.asarray(data), chunks, overwrite, attrs)
+    except VolumeError:
+        raise
+    except OSError as e:
+        raise VolumeError(f"cannot write {os.fspath(spec)!r}: {e}; check the path and that no other program holds the file open") from e
+
+
+def _write_volume(spec: str, data: np.ndarray, chunks, overwrite: bool, attrs: dict | None) -> None:
     kind = _kind(spec)
     if kind == "h5":
         import h5py
