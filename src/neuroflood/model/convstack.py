@@ -93,6 +93,9 @@ class ConvStack3D(nn.Module):
             self.layers[name] = nn.Conv3d(cin, cout, kernel_size=3, padding=1)
         self.layers["conv_lom"] = nn.Conv3d(feats[-1], 1, kernel_size=1)
         self.reset_parameters()
+        # Channels-last 3-D layout makes oneDNN's (CPU) and cuDNN's conv3d about 2x faster
+        # than NCDHW for these shapes; results are the same within float rounding.
+        self.to(memory_format=torch.channels_last_3d)
 
     def reset_parameters(self) -> None:
         """Glorot-uniform weights (fan_avg over in·k³ and out·k³) and zero biases, as tf_slim."""
@@ -102,7 +105,7 @@ class ConvStack3D(nn.Module):
 
     def forward(self, image: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
         L = self.layers
-        x = torch.cat([image, seed], dim=1)
+        x = torch.cat([image, seed], dim=1).contiguous(memory_format=torch.channels_last_3d)
         x = F.relu(L["conv0_a"](x))
         x = L["conv0_b"](x)
         for i in range(1, self.depth):
