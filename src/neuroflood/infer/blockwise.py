@@ -1,0 +1,354 @@
+"""Segmenting volumes of any size on 1..N workers into one consistent segmentation.
+
+The job, for an output ``ROOT.zarr/NAME``::
+
+    ROOT.zarr/.NAME.work/request.json      what is being computed (a rerun must match)
+    ROOT.zarr/.NAME.work/cores             zarr, block ids of each block's core (chunk = stride)
+    ROOT.zarr/.NAME.work/blocks/I.npz      block I's segmentation of its whole box (local ids)
+    ROOT.zarr/.NAME.work/blocks/I.done     JSON: block I finished (box, counters, worker)
+    ROOT.zarr/.NAME.work/blocks/I.failed   JSON: block I raised (box, error); rerun redoes it
+    ROOT.zarr/.NAME.work/mapping.npz       block id -> global id (after reconciliation)
+    ROOT.zarr/NAME                         the segmentation, sequential ids (zarr)
+
+1. Workers claim block indices from an atomic counter in the process group's store, so a
+   slow block never holds the others back; finished blocks (``.done``) are skipped, which
+   makes a rerun of the same command resume.
+2. Each block is segmented with image context around it (the segmenter's margin), its box
+   saved, its core written into ``cores``, then its ``.done`` marker.
+3. After a barrier, rank 0 compares each block's overlap with its neighbours' cores
+   (:mod:`neuroflood.infer.reconcile`), joins agreeing objects by union-find and saves the
+   mapping; then all ranks relabel the cores into ``NAME``, written under a temporary name and
+   renamed when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import numpy as np
+
+from ..bbox import BoundingBox
+from ..distributed import DistInfo, barrier
+from ..errors import DataError, NeurofloodError, VolumeError
+from ..volume import Volume, _split_container, create_volume, open_volume
+from .blocks import Block, BlockGrid
+from .reconcile import OverlapRule, apply_mapping, build_mapping, encode, overlap_pairs
+
+
+class BlockSegmenter(Protocol):
+    """What segments one block: FFN inference in practice, anything with this shape in tests."""
+
+    context: tuple[int, int, int]  # image margin wanted around the block, z,y,x
+
+    def __call__(self, image: np.ndarray, block: BoundingBox) -> tuple[np.ndarray, dict]:
+        """Segment ``image[block]`` (``block`` is relative to ``image``, which includes the
+        context); return (local ids of the block region, counters)."""
+
+
+@dataclass
+class JobPaths:
+    root: Path  # ROOT.zarr
+    name: str  # NAME
+
+    @classmethod
+    def from_spec(cls, spec: str) -> "JobPaths":
+        split = _split_container(spec, (".zarr",))
+        if not split or not split[1]:
+            raise VolumeError(
+                f"blockwise output {spec!r} must be a zarr array spec DIR.zarr/NAME; "
+                "export to HDF5 or precomputed afterwards with `neuroflood export`"
+            )
+        return cls(Path(split[0]), split[1])
+
+    @property
+    def spec(self) -> str:
+        return f"{self.root}/{self.name}"
+
+    @property
+    def work(self) -> Path:
+        return self.root / f".{self.name.replace('/', '_')}.work"
+
+    @property
+    def blocks(self) -> Path:
+        return self.work / "blocks"
+
+    @property
+    def cores_spec(self) -> str:
+        return f"{self.work}/cores.zarr"
+
+    def done(self, i: int) -> Path:
+        return self.blocks / f"{i}.done"
+
+    def failed(self, i: int) -> Path:
+        return self.blocks / f"{i}.failed"
+
+    def block_seg(self, i: int) -> Path:
+        return self.blocks / f"{i}.npz"
+
+
+@dataclass
+class BlockwiseResult:
+    blocks: int
+    blocks_run: list[int]
+    blocks_skipped: int
+    failed: list[dict] = field(default_factory=list)
+    segments: int = 0
+    joins: int = 0
+    fov_evaluations: int = 0
+    seconds: float = 0.0
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _atomic_savez(path: Path, **arrays: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.npz")
+    np.savez_compressed(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def prepare_job(paths: JobPaths, grid: BlockGrid, request: dict, info: DistInfo) -> None:
+    """Create the work directory on rank 0, or check that it holds this same request."""
+    if info.is_main:
+        req_path = paths.work / "request.json"
+        text = json.dumps(request, indent=2, sort_keys=True, default=str)
+        if req_path.exists():
+            old = json.loads(req_path.read_text())
+            if old != json.loads(text):
+                diff = sorted(k for k in set(old) | set(request) if old.get(k) != json.loads(text).get(k))
+                raise DataError(
+                    f"{paths.spec} holds the output of a different request (differs in: {', '.join(diff)}); "
+                    "choose another --out or delete that one"
+                )
+        elif (paths.root / paths.name).exists():
+            raise DataError(f"{paths.spec} already exists and was not made by this request; choose another --out")
+        else:
+            paths.blocks.mkdir(parents=True, exist_ok=True)
+            stride = grid.stride
+            create_volume(paths.cores_spec, grid.bbox.size, np.uint64, chunks=stride, overwrite=True)
+            _atomic_write_text(req_path, text)
+    barrier()
+
+
+def _claim_blocks(n: int, info: DistInfo, key: str) -> Callable[[], int | None]:
+    """A function returning the next unclaimed block index (None when all are claimed)."""
+    if not info.distributed:
+        it = iter(range(n))
+        return lambda: next(it, None)
+    import torch.distributed as dist
+
+    store = dist.distributed_c10d._get_default_store()
+
+    def claim() -> int | None:
+        i = int(store.add(key, 1)) - 1
+        return i if i < n else None
+
+    return claim
+
+
+def run_blocks(
+    paths: JobPaths,
+    grid: BlockGrid,
+    image: Volume,
+    segmenter: BlockSegmenter,
+    info: DistInfo,
+    progress: bool = True,
+) -> BlockwiseResult:
+    """Segment every unfinished block; return what this worker did (all ranks call this)."""
+    cores = open_volume(paths.cores_spec, mode="r+")
+    claim = _claim_blocks(len(grid), info, f"neuroflood/{paths.work}/claim/{time.time_ns() if not info.distributed else 0}")
+    result = BlockwiseResult(blocks=len(grid), blocks_run=[], blocks_skipped=0)
+    bar = _progress(grid, paths, info, progress)
+    t0 = time.time()
+    while (i := claim()) is not None:
+        block = grid[i]
+        if paths.done(i).exists():
+            result.blocks_skipped += 1
+            _tick(bar, grid, paths)
+            continue
+        try:
+            counters = _segment_block(paths, grid, block, image, segmenter, cores, info)
+            result.fov_evaluations += int(counters.get("fov_evaluations", 0))
+            result.blocks_run.append(i)
+        except Exception as e:  # one bad block must not stop the others; report it at the end
+            if isinstance(e, KeyboardInterrupt):
+                raise
+            record = {
+                "block": i,
+                "box": str(block.box),
+                "error": f"{type(e).__name__}: {e}",
+                "traceback": traceback.format_exc(),
+                "rank": info.rank,
+            }
+            _atomic_write_text(paths.failed(i), json.dumps(record, indent=2))
+            print(f"neuroflood: block {i} at {block.box} failed: {record['error']}", file=sys.stderr)
+            result.failed.append(record)
+        _tick(bar, grid, paths)
+    result.seconds = time.time() - t0
+    if bar is not None:
+        bar.close()
+    return result
+
+
+def _segment_block(paths, grid: BlockGrid, block: Block, image: Volume, segmenter, cores: Volume, info) -> dict:
+    context = BoundingBox(block.box.start, block.box.size).grow(segmenter.context).clip(image.shape)
+    data = image.read(context)
+    inner = block.box.relative_to(context.start)
+    t = time.time()
+    seg, counters = segmenter(data, inner)
+    if seg.shape != tuple(block.box.size):
+        raise DataError(f"segmenter returned shape {seg.shape} for block of size {block.box.size}")
+    seg = seg.astype(np.uint32, copy=False)
+    paths.failed(block.index).unlink(missing_ok=True)
+    _atomic_savez(paths.block_seg(block.index), segmentation=seg)
+    core_local = block.core.relative_to(block.box.start).to_slices()
+    cores.write(block.core.relative_to(grid.bbox.start), encode(block.index, seg[core_local]))
+    done = {
+        "block": block.index,
+        "box": str(block.box),
+        "core": str(block.core),
+        "segments": int(len(np.unique(seg)) - (1 if (seg == 0).any() else 0)),
+        "seconds": time.time() - t,
+        "counters": counters,
+        "rank": info.rank,
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+    }
+    _atomic_write_text(paths.done(block.index), json.dumps(done, indent=2, default=str))
+    return counters
+
+
+def _progress(grid: BlockGrid, paths: JobPaths, info: DistInfo, enabled: bool):
+    if not (enabled and info.is_main):
+        return None
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(grid), desc="blocks", unit="block", file=sys.stderr, dynamic_ncols=True)
+    _tick(bar, grid, paths)
+    return bar
+
+
+def _tick(bar, grid: BlockGrid, paths: JobPaths) -> None:
+    """Show global progress (all workers) from the done markers on disk."""
+    if bar is None:
+        return
+    done = [int(p.stem) for p in paths.blocks.glob("*.done")]
+    voxels = sum(grid[i].core.volume for i in done)
+    bar.n = len(done)
+    bar.set_postfix(voxels=f"{voxels / 1e6:.1f}M", refresh=False)
+    bar.refresh()
+
+
+def gather_failures(paths: JobPaths, grid: BlockGrid) -> list[dict]:
+    out = []
+    for i in range(len(grid)):
+        if not paths.done(i).exists():
+            p = paths.failed(i)
+            out.append(json.loads(p.read_text()) if p.exists() else {"block": i, "box": str(grid[i].box), "error": "not run"})
+    return out
+
+
+def reconcile(paths: JobPaths, grid: BlockGrid, rule: OverlapRule) -> tuple[int, int]:
+    """Join agreeing objects across block overlaps; save the mapping. Returns (segments, joins)."""
+    cores = open_volume(paths.cores_spec)
+    all_ids: list[np.ndarray] = []
+    pairs: list[np.ndarray] = []
+    for block in grid:
+        seg = np.load(paths.block_seg(block.index))["segmentation"]
+        own = encode(block.index, seg)
+        core = block.core.relative_to(block.box.start).to_slices()
+        all_ids.append(np.unique(own[core]))
+        region = np.ones(own.shape, bool)
+        region[core] = False
+        if region.any():
+            neighbour = cores.read(block.box.relative_to(grid.bbox.start))
+            pairs.append(overlap_pairs(own, neighbour, region, rule))
+    ids, new = build_mapping(np.concatenate(all_ids), np.concatenate(pairs) if pairs else np.zeros((0, 2)))
+    _atomic_savez(paths.work / "mapping.npz", block_ids=ids, global_ids=new)
+    n_pairs = int(sum(len(p) for p in pairs))
+    return int(new.max()) if len(new) else 0, n_pairs
+
+
+def write_output(paths: JobPaths, grid: BlockGrid, info: DistInfo, attrs: dict | None = None) -> None:
+    """Relabel every core through the mapping into ``ROOT.zarr/NAME`` (all ranks share the work)."""
+    m = np.load(paths.work / "mapping.npz")
+    ids, new = m["block_ids"], m["global_ids"]
+    n = int(new.max()) if len(new) else 0
+    dtype = np.uint8 if n < 2**8 else np.uint16 if n < 2**16 else np.uint32 if n < 2**32 else np.uint64
+    tmp_name = f".{paths.name.replace('/', '_')}.writing"
+    tmp_spec = f"{paths.root}/{tmp_name}"
+    if info.is_main:
+        create_volume(tmp_spec, grid.bbox.size, dtype, chunks=grid.stride, overwrite=True)
+    barrier()
+    out = open_volume(tmp_spec, mode="r+")
+    cores = open_volume(paths.cores_spec)
+    for block in grid:
+        if block.index % info.world_size != info.rank:
+            continue
+        rel = block.core.relative_to(grid.bbox.start)
+        out.write(rel, apply_mapping(cores.read(rel), ids, new, dtype))
+    barrier()
+    if info.is_main:
+        out.set_attrs(**(attrs or {}))
+        target = paths.root / paths.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(paths.root / tmp_name, target)
+    barrier()
+
+
+def segment_blockwise(
+    out_spec: str,
+    image: Volume,
+    bbox: BoundingBox,
+    block_size: tuple[int, int, int],
+    overlap: tuple[int, int, int],
+    segmenter: BlockSegmenter,
+    request: dict,
+    info: DistInfo,
+    rule: OverlapRule = OverlapRule(),
+    progress: bool = True,
+) -> BlockwiseResult:
+    """The whole job: blocks, then reconciliation and output. Raises if a block failed."""
+    if bbox.clip(image.shape) != bbox:
+        raise DataError(f"bounding box {bbox} lies outside the image of shape {image.shape}; clip it")
+    paths = JobPaths.from_spec(out_spec)
+    grid = BlockGrid(bbox, block_size, overlap)
+    request = {**request, "bbox": str(bbox), "block_size": list(grid.block_size), "overlap": list(grid.overlap), "rule": asdict(rule)}
+    prepare_job(paths, grid, request, info)
+    t0 = time.time()
+    result = run_blocks(paths, grid, image, segmenter, info, progress)
+    barrier()
+    failures = gather_failures(paths, grid)
+    if failures:
+        result.failed = failures
+        lines = "; ".join(f"block {f['block']} at {f['box']}: {f['error']}" for f in failures[:5])
+        raise BlockFailures(
+            f"{len(failures)} of {len(grid)} blocks failed ({lines}); fix the cause and rerun the "
+            "same command: finished blocks are kept"
+        )
+    if info.is_main:
+        result.segments, result.joins = reconcile(paths, grid, rule)
+    barrier()
+    write_output(paths, grid, info, attrs={"request": json.dumps(request, default=str), "bbox": str(bbox)})
+    if info.is_main:
+        result.segments = int(np.load(paths.work / "mapping.npz")["global_ids"].max(initial=0))
+    result.seconds = time.time() - t0
+    return result
+
+
+class BlockFailures(NeurofloodError):
+    """Some blocks raised; the job exits non-zero after the others finished."""

@@ -1,0 +1,103 @@
+"""Making block-local ids global: overlap agreement, union-find, sequential relabelling.
+
+Every block ``b`` stores its own segmentation of its whole box; its core is also written to
+a shared volume of *block ids* ``(b + 1) << 32 | local id``. For each block, the voxels of its
+high-side overlap (box minus core) carry two ids: the block's own and the neighbour's (whose
+core holds them). Two objects are joined when they **agree in the overlap**:
+
+* ``n_ab >= min_overlap_voxels`` voxels carry both ids, and
+* ``n_ab / min(n_a, n_b) >= min_overlap_fraction``, where ``n_a`` and ``n_b`` count each
+  object's voxels inside that same overlap region.
+
+That is, the smaller of the two pieces lies mostly inside the other. Joins are transitive
+(union-find over all blocks); every other object keeps an id of its own. The result is a
+mapping from block ids to sequential ids 1..N in block order. Memory is bounded by one block
+plus the number of objects; the whole volume is never loaded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import sparse
+from scipy.sparse.csgraph import connected_components
+
+BLOCK_SHIFT = 32
+
+
+def encode(block_index: int, local: np.ndarray) -> np.ndarray:
+    """Block ids: ``(block_index + 1) << 32 | local``; 0 stays 0."""
+    local = local.astype(np.uint64)
+    out = local | np.uint64((block_index + 1) << BLOCK_SHIFT)
+    out[local == 0] = 0
+    return out
+
+
+@dataclass(frozen=True)
+class OverlapRule:
+    min_overlap_voxels: int = 50
+    min_overlap_fraction: float = 0.5
+
+
+def overlap_pairs(own: np.ndarray, neighbour: np.ndarray, region: np.ndarray, rule: OverlapRule) -> np.ndarray:
+    """Pairs ``[k, 2]`` of (own id, neighbour id) that agree in ``region`` (a bool mask).
+
+    ``own`` and ``neighbour`` hold block ids of the same voxels.
+    """
+    a = own[region]
+    b = neighbour[region]
+    if a.size == 0:
+        return np.zeros((0, 2), np.uint64)
+    ua, ia = np.unique(a, return_inverse=True)
+    ub, ib = np.unique(b, return_inverse=True)
+    n_a = np.bincount(ia)
+    n_b = np.bincount(ib)
+    both = (a != 0) & (b != 0)
+    pair = ia[both].astype(np.int64) * len(ub) + ib[both]
+    keys, n_ab = np.unique(pair, return_counts=True)
+    pa, pb = keys // len(ub), keys % len(ub)
+    ok = (n_ab >= rule.min_overlap_voxels) & (
+        n_ab >= rule.min_overlap_fraction * np.minimum(n_a[pa], n_b[pb])
+    )
+    return np.stack([ua[pa[ok]], ub[pb[ok]]], axis=1).astype(np.uint64)
+
+
+def build_mapping(ids: np.ndarray, pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Union-find over ``pairs``; return (sorted block ids, new sequential id for each).
+
+    New ids are numbered 1..N in order of each component's smallest block id, so they are
+    reproducible whatever order the blocks finished in.
+    """
+    ids = np.unique(np.asarray(ids, np.uint64))
+    ids = ids[ids != 0]
+    if len(ids) == 0:
+        return ids, np.zeros(0, np.uint64)
+    pairs = np.asarray(pairs, np.uint64).reshape(-1, 2)
+    pairs = pairs[np.isin(pairs[:, 0], ids) & np.isin(pairs[:, 1], ids)]
+    i = np.searchsorted(ids, pairs[:, 0])
+    j = np.searchsorted(ids, pairs[:, 1])
+    graph = sparse.coo_matrix((np.ones(len(i), np.int8), (i, j)), shape=(len(ids), len(ids)))
+    _, comp = connected_components(graph, directed=False)
+    # renumber components by their first (smallest) member
+    first = np.full(comp.max() + 1, len(ids), np.int64)
+    np.minimum.at(first, comp, np.arange(len(ids)))
+    order = np.argsort(first)
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    return ids, (rank[comp] + 1).astype(np.uint64)
+
+
+def apply_mapping(block_ids: np.ndarray, ids: np.ndarray, new: np.ndarray, dtype=np.uint64) -> np.ndarray:
+    """Relabel a block-id array through the mapping; ids not in it (and 0) become 0."""
+    out = np.zeros(block_ids.shape, dtype)
+    nz = block_ids != 0
+    if not nz.any() or len(ids) == 0:
+        return out
+    v = block_ids[nz]
+    pos = np.clip(np.searchsorted(ids, v), 0, len(ids) - 1)
+    hit = ids[pos] == v
+    vals = np.zeros(v.shape, dtype)
+    vals[hit] = new[pos[hit]]
+    out[nz] = vals
+    return out
