@@ -21,6 +21,7 @@ from .errors import NeurofloodError
 COMMAND_MODULES = [
     "neuroflood.model.commands",  # import-tf, model-info
     "neuroflood.commands",  # synth
+    "neuroflood.evaluate.commands",  # evaluate, report, view
 ]
 
 

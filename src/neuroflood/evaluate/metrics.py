@@ -247,9 +247,8 @@ def worst_errors(
     they are counted by ``n_unsegmented_voxels``). Each list is sorted by size, largest first.
 
     When ``seg`` and ``gt`` are given, each error gets ``coordinate_zyx``: a voxel of the
-    second-largest piece (where the merged or split-off part lies), taken in the z-plane
-    where that piece is largest and nearest its centre there, so a yx-slice through it shows
-    the error.
+    second-largest piece (the merged-in object, the split-off segment) next to the largest
+    piece, in a z-plane where both are large, so a yx-slice through it shows the error.
     """
     ok = table.seg != 0
     gt_of, seg_of, cnt = table.gt[ok], table.seg[ok], table.count[ok]
@@ -263,7 +262,8 @@ def worst_errors(
                 "error_voxels": e["error"],
                 "n_gt_objects": e["n_parts"],
                 "gt_objects": [{"id": int(i), "voxels": int(v)} for i, v in e["parts"]],
-                "_pair": (int(e["parts"][1][0]), int(e["id"])),  # (gt, seg) of the merged-in piece
+                # (gt, seg) of the merged-in piece and of the segment's main piece
+                "_pieces": ((int(e["parts"][1][0]), int(e["id"])), (int(e["parts"][0][0]), int(e["id"]))),
             }
             for e in merges
         ],
@@ -274,18 +274,19 @@ def worst_errors(
                 "error_voxels": e["error"],
                 "n_segments": e["n_parts"],
                 "segments": [{"id": int(i), "voxels": int(v)} for i, v in e["parts"]],
-                "_pair": (int(e["id"]), int(e["parts"][1][0])),  # (gt, seg) of the split-off piece
+                # (gt, seg) of the split-off piece and of the object's main piece
+                "_pieces": ((int(e["id"]), int(e["parts"][1][0])), (int(e["id"]), int(e["parts"][0][0]))),
             }
             for e in splits
         ],
     }
     errors = out["merges"] + out["splits"]
     if seg is not None and gt is not None and errors:
-        coords = _pair_coordinates(seg, gt, {e["_pair"] for e in errors}, progress)
+        coords = _error_coordinates(seg, gt, {e["_pieces"] for e in errors}, progress)
         for e in errors:
-            e["coordinate_zyx"] = list(coords[e["_pair"]])
+            e["coordinate_zyx"] = list(coords[e["_pieces"]])
     for e in errors:
-        del e["_pair"]
+        del e["_pieces"]
     return out
 
 
@@ -438,27 +439,41 @@ def _ranked_errors(owner: np.ndarray, part: np.ndarray, count: np.ndarray, n: in
     return found[:n]
 
 
-def _pair_coordinates(seg: Any, gt: Any, pairs: set[tuple[int, int]], progress: bool) -> dict:
-    """For each (gt, seg) pair, a voxel of it in the z-plane where it is largest, nearest that plane's centroid."""
-    pair_list = sorted(pairs)
-    gts = np.array([p[0] for p in pair_list], np.uint64)
-    segs = np.array([p[1] for p in pair_list], np.uint64)
-    best: dict[tuple[int, int], tuple[int, tuple[int, int, int]]] = {}
+def _error_coordinates(seg: Any, gt: Any, pieces: set[tuple[tuple[int, int], tuple[int, int]]], progress: bool) -> dict:
+    """A voxel to look at for each error, given as (error piece, main piece), each a (gt, seg) pair.
+
+    The z-plane is where both pieces are largest (the larger of their two smaller areas); the
+    voxel is the error piece's voxel nearest the main piece there, i.e. on the cut of a split
+    or the contact of a merge. Where the pieces share no plane, the error piece's most
+    interior voxel in its largest plane.
+    """
+    from scipy.ndimage import distance_transform_edt
+
+    ids = np.array(sorted({i for err in pieces for pair in err for i in pair}), np.uint64)
+    best: dict = {}
     for slab in _slabs(gt.shape, progress, "error coordinates"):
         g = _read_labels(gt, slab, "ground truth")
         s = _read_labels(seg, slab, "segmentation")
-        candidates = np.isin(s, segs) & np.isin(g, gts)
-        if not candidates.any():
+        relevant = np.isin(s, ids) & np.isin(g, ids)
+        if not relevant.any():
             continue
-        for key, gi, si in zip(pair_list, gts, segs):
-            mask = candidates & (s == si) & (g == gi)
-            area = mask.sum(axis=(1, 2))
-            if not area.any():
+        for err in pieces:
+            (ga, sa), (gb, sb) = err
+            a = relevant & (g == ga) & (s == sa)
+            area_a = a.sum(axis=(1, 2))
+            if not area_a.any():
                 continue
-            z = int(area.argmax())
-            if key in best and best[key][0] >= area[z]:
+            b = relevant & (g == gb) & (s == sb)
+            area_b = b.sum(axis=(1, 2))
+            score = np.minimum(area_a, area_b) * (1 << 40) + area_a  # both present first, then size
+            z = int(score.argmax())
+            if err in best and best[err][0] >= score[z]:
                 continue
-            yy, xx = np.nonzero(mask[z])
-            i = int(np.argmin((yy - yy.mean()) ** 2 + (xx - xx.mean()) ** 2))
-            best[key] = (int(area[z]), (slab.start + z, int(yy[i]), int(xx[i])))
+            if area_b[z]:  # distance to the main piece, smallest on the error piece
+                dist = distance_transform_edt(~b[z])
+                dist[~a[z]] = np.inf
+                y, x = np.unravel_index(int(np.argmin(dist)), dist.shape)
+            else:  # the deepest voxel of the error piece
+                y, x = np.unravel_index(int(np.argmax(distance_transform_edt(a[z]))), a[z].shape)
+            best[err] = (int(score[z]), (slab.start + z, int(y), int(x)))
     return {k: v[1] for k, v in best.items()}

@@ -1,0 +1,69 @@
+"""CLI: ``neuroflood evaluate``, ``neuroflood report`` and ``neuroflood view``."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..volume import FORMATS_HELP
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from ..cli import add_command
+
+    p = add_command(
+        sub,
+        "evaluate",
+        "score a segmentation against ground truth and write a report with pictures",
+        "Compute VI split/merge, adapted Rand error, Rand precision/recall, voxel metrics and "
+        "the largest false merges and splits of segmentation SEG against ground truth GT, and "
+        "write DIR/metrics.json, a self-contained DIR/report.html, DIR/report.md and PNG "
+        "figures (ortho-slice overlays, error map, close-ups of the worst errors). Ground-truth "
+        "label 0 is unlabelled and not scored; segmentation label 0 is unsegmented. "
+        f"Volume specs: {FORMATS_HELP}.",
+    )
+    p.add_argument("seg", metavar="SEG", help="segmentation volume spec (integer labels)")
+    p.add_argument("gt", metavar="GT", help="ground-truth volume spec (integer labels, 0 = unlabelled)")
+    p.add_argument("--image", metavar="IMG", help="EM image volume spec, shown under the overlays")
+    p.add_argument("--out", metavar="DIR", required=True, help="output directory (created; files replaced)")
+    p.add_argument(
+        "--bbox",
+        metavar="Z0,Y0,X0:Z1,Y1,X1",
+        help="evaluate this region of GT (and IMG); SEG is cropped too if it has GT's shape, "
+        "else it must have the region's size",
+    )
+    p.add_argument("--at", metavar="Z,Y,X", help="centre of the ortho-slices, in the region (default: its centre)")
+    p.add_argument("--errors", type=int, default=10, help="how many of the largest merges and splits to list")
+    p.add_argument(
+        "--min-error-voxels",
+        type=int,
+        default=100,
+        help="an overlap counts towards a merge or split from this many voxels (ignores boundary jitter)",
+    )
+    p.set_defaults(func=_evaluate)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from ..bbox import BoundingBox
+    from .inputs import open_evaluation_inputs, parse_point
+    from .report import write_evaluation_report
+
+    bbox = BoundingBox.parse(args.bbox) if args.bbox else None
+    inputs = open_evaluation_inputs(args.seg, args.gt, args.image, bbox)
+    center = parse_point(args.at, inputs.shape) if args.at else None
+    result = write_evaluation_report(
+        args.out,
+        inputs,
+        {"seg": args.seg, "gt": args.gt, "image": args.image, "bbox": args.bbox},
+        center=center,
+        n_errors=args.errors,
+        min_error_voxels=args.min_error_voxels,
+        progress=True,
+    )
+    print(
+        f"VI {result['vi']:.4f} (split {result['vi_split']:.4f}, merge {result['vi_merge']:.4f}), "
+        f"adapted Rand error {result['adapted_rand_error']:.4f} "
+        f"(precision {result['rand_precision']:.4f}, recall {result['rand_recall']:.4f}), "
+        f"{result['n_segments']} segments, {result['n_gt_objects']} objects"
+    )
+    print(f"wrote {args.out}/metrics.json, report.html, report.md")
+    return 0
