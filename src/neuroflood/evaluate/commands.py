@@ -41,6 +41,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.set_defaults(func=_evaluate)
 
+    p = add_command(
+        sub,
+        "report",
+        "turn a training run into a report: curves, LR schedule, predictions vs labels",
+        "Read RUN_DIR/metrics.jsonl (one JSON object per line: step, time_s, split, fovs_per_s, "
+        "loss, accuracy, precision, recall, f1, optionally lr), RUN_DIR/config.json and, if "
+        "present, RUN_DIR/samples/*.npz, and write a self-contained report.html, report.md, "
+        "PNG figures and summary.json. Works on a run that is still training.",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a training run directory (the --out of neuroflood train)")
+    p.add_argument("--out", metavar="DIR", help="output directory (default: RUN_DIR/report)")
+    p.set_defaults(func=_report)
+
 
 def _evaluate(args: argparse.Namespace) -> int:
     from ..bbox import BoundingBox
@@ -66,4 +79,17 @@ def _evaluate(args: argparse.Namespace) -> int:
         f"{result['n_segments']} segments, {result['n_gt_objects']} objects"
     )
     print(f"wrote {args.out}/metrics.json, report.html, report.md")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .training_report import write_training_report
+
+    out = args.out or str(Path(args.run_dir) / "report")
+    summary = write_training_report(args.run_dir, out)
+    last = summary["last"].get("eval") or summary["last"].get("train") or {}
+    shown = ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k in ("step", "loss", "f1") and isinstance(v, (int, float)))
+    print(f"{summary['n_records']} records ({shown}); wrote {out}/report.html, report.md")
     return 0

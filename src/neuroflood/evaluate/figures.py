@@ -37,6 +37,8 @@ __all__ = [
 # (name, axis cut, axes shown as rows/cols) for the three ortho planes, in z, y, x order.
 PLANES = (("yx", 0), ("zx", 1), ("zy", 2))
 
+_CURVE_TITLES = {"f1": "F1", "fovs_per_s": "FOVs/s", "lr": "learning rate", "loss": "loss (log scale)"}
+
 # Okabe–Ito colour-blind-safe colours for the error classes of metrics.ERROR_CLASSES.
 ERROR_COLORS = {
     0: (0.0, 0.0, 0.0, 0.0),
@@ -236,26 +238,36 @@ def size_histogram_figure(table: Contingency) -> Figure:
 
 
 def curves_figure(
-    series: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]], xlabel: str, title: str, ncols: int = 3
+    series: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]],
+    xlabel: str,
+    title: str,
+    ncols: int = 3,
+    smooth: bool = True,
 ) -> Figure:
     """Small multiples: one panel per metric, one line per split.
 
-    ``series[metric][split] = (x, y)``.
+    ``series[metric][split] = (x, y)``. With ``smooth``, long train series are drawn faint
+    with their running mean on top.
     """
     names = list(series)
     nrows = max(1, -(-len(names) // ncols))
     fig = Figure(figsize=(4.6 * ncols, 3.2 * nrows), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
-    styles = {"train": dict(color="#0072B2", lw=1.2), "eval": dict(color="#D55E00", lw=1.8, marker="o", ms=3)}
+    colors = {"train": "#0072B2", "eval": "#D55E00"}
     for ax, name in zip(axes, names):
         for split, (x, y) in series[name].items():
-            ax.plot(x, y, label=split, **styles.get(split, {}))
-        ax.set_title(name)
+            color = colors.get(split)
+            if smooth and split == "train" and len(y) > 20:  # noisy per-step values: faint, with a running mean
+                ax.plot(x, y, color=color, lw=0.8, alpha=0.3)
+                ax.plot(x, _running_mean(y, max(5, len(y) // 25)), color=color, lw=1.8, label=f"{split} (running mean)")
+            else:
+                ax.plot(x, y, color=color, lw=1.6, marker="o" if len(y) < 60 else None, ms=3, label=split)
+        ax.set_title(_CURVE_TITLES.get(name, name))
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
         if name == "loss" and all((y > 0).all() for _, y in series[name].values() if len(y)):
             ax.set_yscale("log")
-        if len(series[name]) > 1:
+        if len(series[name]) > 1 or (smooth and any(len(y) > 20 for _, y in series[name].values())):
             ax.legend(fontsize=9)
     for ax in axes[len(names) :]:
         ax.set_visible(False)
@@ -325,6 +337,14 @@ def _grey(image: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
         img = img[..., 0]
     lo, hi = np.percentile(img, (1, 99))
     return np.clip((img - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros_like(img)
+
+
+def _running_mean(y: np.ndarray, window: int) -> np.ndarray:
+    """Mean of the last ``window`` values at each point (shorter at the start)."""
+    c = np.cumsum(np.insert(np.asarray(y, np.float64), 0, 0.0))
+    i = np.arange(1, len(y) + 1)
+    lo = np.maximum(0, i - window)
+    return (c[i] - c[lo]) / (i - lo)
 
 
 def _grey_rgb(image: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
