@@ -37,7 +37,7 @@ __all__ = [
 # (name, axis cut, axes shown as rows/cols) for the three ortho planes, in z, y, x order.
 PLANES = (("yx", 0), ("zx", 1), ("zy", 2))
 
-_CURVE_TITLES = {"f1": "F1", "fovs_per_s": "FOVs/s", "lr": "learning rate", "loss": "loss (log scale)"}
+_CURVE_TITLES = {"f1": "F1", "fovs_per_s": "FOVs/s", "lr": "learning rate"}
 
 # Okabe–Ito colour-blind-safe colours for the error classes of metrics.ERROR_CLASSES.
 ERROR_COLORS = {
@@ -262,11 +262,12 @@ def curves_figure(
                 ax.plot(x, _running_mean(y, max(5, len(y) // 25)), color=color, lw=1.8, label=f"{split} (running mean)")
             else:
                 ax.plot(x, y, color=color, lw=1.6, marker="o" if len(y) < 60 else None, ms=3, label=split)
-        ax.set_title(_CURVE_TITLES.get(name, name))
+        log = name == "loss" and all((y > 0).all() for _, y in series[name].values())
+        if log:
+            ax.set_yscale("log")
+        ax.set_title(_CURVE_TITLES.get(name, name) + (" (log scale)" if log else ""))
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
-        if name == "loss" and all((y > 0).all() for _, y in series[name].values() if len(y)):
-            ax.set_yscale("log")
         if len(series[name]) > 1 or (smooth and any(len(y) > 20 for _, y in series[name].values())):
             ax.legend(fontsize=9)
     for ax in axes[len(names) :]:
