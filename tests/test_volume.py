@@ -184,3 +184,15 @@ def test_bounding_boxes():
         BoundingBox.parse("0,0,0-10,10,10")
     with pytest.raises(DataError, match="empty"):
         BoundingBox.parse("5,0,0:5,10,10")
+
+
+@pytest.mark.parametrize("dst", ["out.h5:seg", "out.zarr/seg", "precomputed://pc", "out.n5/seg"])
+def test_export_copies_blockwise_into_every_writable_format(tmp_path, dst):
+    from neuroflood.cli import main
+
+    labels = np.random.default_rng(1).integers(0, 2**40, size=(10, 13, 7), dtype=np.uint64)
+    write_volume(f"{tmp_path}/src.zarr/seg", labels)
+    target = f"precomputed://{tmp_path}/pc" if dst.startswith("precomputed") else f"{tmp_path}/{dst}"
+    assert main(["export", f"{tmp_path}/src.zarr/seg", target, "--block", "4,5,6"]) == 0
+    np.testing.assert_array_equal(open_volume(target)[...], labels)
+    assert main(["export", f"{tmp_path}/src.zarr/seg", target]) == 2  # exists: refused

@@ -1,4 +1,4 @@
-"""CLI commands that belong to no single stage: ``neuroflood synth``."""
+"""CLI commands that belong to no single stage: ``neuroflood synth`` and ``neuroflood export``."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--noise", type=float, default=None, help="Gaussian noise std, grey levels")
     p.add_argument("--membrane-contrast", type=float, default=None, help="0 invisible .. 1 FIB-25-like")
     p.set_defaults(func=_synth)
+    register_export(sub)
 
 
 def _synth(args: argparse.Namespace) -> int:
@@ -41,4 +42,31 @@ def _synth(args: argparse.Namespace) -> int:
     write_volume(f"{args.out}:image", image, overwrite=True)
     write_volume(f"{args.out}:labels", labels, overwrite=True)
     print(f"wrote {args.out}: image {image.shape} uint8, {int(labels.max())} objects, {time.time() - t0:.1f} s")
+    return 0
+
+
+def register_export(sub: argparse._SubParsersAction) -> None:
+    from .cli import add_command
+
+    p = add_command(
+        sub,
+        "export",
+        "copy a volume (e.g. a segmentation) into another format",
+        "Copy SRC into DST block by block (memory stays at one block), e.g. a zarr "
+        "segmentation into neuroglancer precomputed (precomputed://DIR) or HDF5 (FILE.h5:NAME). "
+        "HDF5 and zarr targets are written under a temporary name and renamed when complete.",
+    )
+    p.add_argument("src", help="volume spec to read")
+    p.add_argument("dst", help="volume spec to write")
+    p.add_argument("--block", default="128,128,128", help="copy block size z,y,x (also the output chunk size)")
+    p.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
+    p.set_defaults(func=_export)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .config import parse_ints
+    from .volume import copy_volume
+
+    out = copy_volume(args.src, args.dst, parse_ints(args.block, 3, "--block"), overwrite=args.overwrite)
+    print(f"wrote {args.dst}: shape {out.shape}, {out.dtype}")
     return 0

@@ -25,6 +25,7 @@ import glob
 import os
 import re
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Sequence
@@ -703,3 +704,77 @@ def _ensure_zarr_group(root: str) -> None:
 
     if not any(os.path.exists(os.path.join(root, f)) for f in (".zgroup", ".zarray", "zarr.json")):
         zarr.open_group(store=root, mode="a", zarr_format=2) if _zarr_major() >= 3 else zarr.open_group(root, mode="a")
+
+
+def copy_volume(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    block: Sequence[int] = (128, 128, 128),
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Volume:
+    """Copy a volume into another format block by block (memory stays at one block).
+
+    The copy is written under a temporary name and moved into place when complete, for
+    HDF5 and zarr targets; other targets are created in place.
+    """
+    from tqdm import tqdm
+
+    src_vol = open_volume(src)
+    dst = os.fspath(dst)
+    kind = _kind(dst)
+    if kind in ("h5", "zarr"):
+        exists = False
+        if kind == "h5":
+            path, ds = _split_colon(dst, "dataset")
+            if os.path.exists(path):
+                import h5py
+
+                with h5py.File(path, "r") as f:
+                    exists = ds in f
+        else:
+            root, name = _split_container(dst, (".zarr",))
+            exists = os.path.exists(os.path.join(root, name) if name else root)
+        if exists and not overwrite:
+            raise VolumeError(f"{dst} already exists; choose another name or pass overwrite")
+    chunks = tuple(min(b, s) for b, s in zip(block, src_vol.shape[:3])) + tuple(src_vol.shape[3:])
+    if kind == "h5":
+        path, ds = _split_colon(dst, "dataset")
+        tmp_spec = f"{path}:{ds}.__tmp__"
+    elif kind == "zarr":
+        root, name = _split_container(dst, (".zarr",))
+        if not name:
+            raise VolumeError(f"give the zarr target as DIR.zarr/NAME, not {dst!r}")
+        tmp_spec = f"{root}/.{name.replace('/', '_')}.copying"
+    else:
+        tmp_spec = dst
+    out = create_volume(tmp_spec, src_vol.shape, src_vol.dtype, chunks=chunks, overwrite=True if tmp_spec != dst else overwrite)
+    shape3 = src_vol.shape[:3]
+    grid = [-(-s // b) for s, b in zip(shape3, block)]
+    boxes = []
+    for idx in np.ndindex(*grid):
+        start = [i * b for i, b in zip(idx, block)]
+        boxes.append(BoundingBox.from_start_stop(start, [min(a + b, s) for a, b, s in zip(start, block, shape3)]))
+    for box in tqdm(boxes, desc="export", unit="block", disable=not progress, file=sys.stderr):
+        sl = box.to_slices()
+        out[sl] = src_vol[sl]
+    for k, v in src_vol.attrs.items():
+        try:
+            out.set_attrs(**{k: v})  # type: ignore[attr-defined]
+        except (AttributeError, TypeError):
+            break
+    out.close()
+    if kind == "h5":
+        import h5py
+
+        with h5py.File(path, "a") as f:
+            if ds in f:
+                del f[ds]
+            f.move(f"{ds}.__tmp__", ds)
+    elif kind == "zarr":
+        target = os.path.join(root, name)
+        if os.path.exists(target):
+            shutil.rmtree(target)
+        os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
+        os.replace(os.path.join(root, f".{name.replace('/', '_')}.copying"), target)
+    return open_volume(dst)
