@@ -1,0 +1,475 @@
+"""The FFN training loop (google/ffn ``train.train_ffn``, ffn-algorithms.md §2.6).
+
+Read :func:`train` top to bottom: set up the run directory, the data, the model and the
+optimizer (fresh, fine-tuned from ``init_from``, or resumed from the latest checkpoint), then
+loop: next batch from each example generator → forward, loss, backward → (allreduce under
+DDP) → element-wise clip → optimizer step → write the logits back into the canvases →
+summaries, evaluation and checkpoints on their schedules. One optimizer step per FOV move.
+
+Shaped for data parallelism: :func:`train_step` works on a plain or DDP-wrapped model and
+accumulates the gradients of several example generators (emulated workers) before the
+single clip and step; ``rank``/``world`` select the coordinate shard and random streams;
+only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import CheckpointError, ConfigError, NeurofloodError
+from ..model import FFNModel, build_model, load_model
+from ..prepare.coordfile import open_coordinates
+from .checkpoint import latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
+from .config import TrainConfig
+from .examples import Batch, ExampleGenerator, PatchSource
+from .metrics import EvalTracker, MetricsLog
+from .optim import build_optimizer, clip_gradients, learning_rate, set_learning_rate
+
+
+class TrainingDiverged(NeurofloodError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class TrainResult:
+    """What a call to :func:`train` did."""
+
+    step: int
+    checkpoint: Path | None
+    last_train: dict[str, Any] = field(default_factory=dict)
+    last_eval: dict[str, Any] = field(default_factory=dict)
+    stopped_by: str | None = None  # "SIGINT" / "SIGTERM" when interrupted
+
+
+# ------------------------------------------------------------------------------------------
+# One optimizer step
+# ------------------------------------------------------------------------------------------
+
+
+def weighted_sigmoid_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``mean(weights · sigmoid_xent(logits, labels))`` over batch × FOV (float32)."""
+    return F.binary_cross_entropy_with_logits(logits.float(), labels, weight=weights)
+
+
+def train_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: Sequence[Batch],
+    lr: float,
+    grad_clip: float | None,
+    device: torch.device,
+    autocast_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+) -> tuple[float, list[torch.Tensor]]:
+    """One synchronous step over the batches of several workers; returns (loss, logits).
+
+    Gradients of the workers' mean losses are averaged (accumulated with ``no_sync`` under
+    DDP, so the allreduce runs once, after the last backward); then the element-wise clip,
+    then the update. The loss is checked before the update: a non-finite loss returns
+    without touching the weights. The logits are the forward pass's (before the update), as
+    the reference writes them back.
+    """
+    set_learning_rate(optimizer, lr)
+    optimizer.zero_grad(set_to_none=True)
+    n = len(batches)
+    losses, outputs = [], []
+    fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
+    for i, b in enumerate(batches):
+        image, seed, labels, weights = (
+            t.to(device, non_blocking=True).contiguous(memory_format=fmt) for t in (b.image, b.seed, b.labels, b.weights)
+        )
+        sync = model.no_sync() if (i < n - 1 and hasattr(model, "no_sync")) else nullcontext()
+        with sync:
+            amp = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
+            with amp:
+                logits = model(image, seed)
+            loss = weighted_sigmoid_loss(logits, labels, weights)
+            (loss / n).backward()
+        losses.append(loss.detach())
+        outputs.append(logits.detach().float())
+    loss_value = float(torch.stack(losses).mean())
+    if not math.isfinite(loss_value):
+        return loss_value, outputs
+    clip_gradients(model.parameters(), grad_clip)
+    optimizer.step()
+    return loss_value, outputs
+
+
+# ------------------------------------------------------------------------------------------
+# Evaluation on held-out coordinates (no weight updates)
+# ------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module,
+    config: TrainConfig,
+    source: PatchSource,
+    coords_path: str,
+    device: torch.device,
+    autocast_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+) -> dict[str, Any]:
+    """Run full trajectories on the first ``eval_examples`` held-out coordinates.
+
+    Same policy and metrics as training, no augmentation; returns the tracker summary with
+    ``loss`` (mean FOV loss), ``fovs`` and ``fovs_per_s``.
+    """
+    coords = open_coordinates(coords_path)
+    shard = coords.shard(0, 1)
+    n = min(len(shard), config.eval_examples)
+    shard = type(shard)(shard.centers[:n], shard.volume_index[:n], shard.volume_names)
+    tracker = EvalTracker(config.eval_size())
+    gen = ExampleGenerator(config, _source_for(source, coords.volume_names), shard, tracker, train=False)
+    fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
+    t0 = time.perf_counter()
+    was_training = model.training
+    model.eval()
+    try:
+        while (batch := gen.next_batch()) is not None:
+            image, seed, labels, weights = (t.to(device).contiguous(memory_format=fmt) for t in (batch.image, batch.seed, batch.labels, batch.weights))
+            amp = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
+            with amp:
+                logits = model(image, seed)
+            tracker.track_step(float(weighted_sigmoid_loss(logits, labels, weights)), len(batch))
+            gen.update(logits)
+    finally:
+        model.train(was_training)
+    out = tracker.summary()
+    out["fovs_per_s"] = tracker.fovs / max(time.perf_counter() - t0, 1e-9)
+    return out
+
+
+def _source_for(source: PatchSource, volume_names: Sequence[str]) -> PatchSource:
+    """A patch source for another coordinate file's volume-name table (shares the config)."""
+    if list(volume_names) == source._names:
+        return source
+    return PatchSource(source.config, volume_names)
+
+
+# ------------------------------------------------------------------------------------------
+# Set-up helpers
+# ------------------------------------------------------------------------------------------
+
+
+def resolve_config(config: TrainConfig) -> TrainConfig:
+    """Check the data options and give unnamed volumes the coordinate file's volume name."""
+    if not config.coords:
+        raise ConfigError("no training coordinates: give --coords PATH (made by `neuroflood prepare`)")
+    if not config.run_dir:
+        raise ConfigError("no run directory: give --run-dir DIR")
+    names = open_coordinates(config.coords).volume_names
+    updates: dict[str, Any] = {}
+    for key in ("images", "labels", "loss_weights"):
+        specs = dict(getattr(config, key))
+        if "" in specs:
+            if len(names) != 1:
+                raise ConfigError(
+                    f"the coordinate file names volumes {', '.join(names)}; name each volume: "
+                    f"--{key.replace('_', '-').rstrip('s')} NAME=SPEC"
+                )
+            specs[names[0]] = specs.pop("")
+            updates[key] = specs
+    if not config.images or not config.labels:
+        raise ConfigError("give the image and labels of each training volume: --image SPEC --labels SPEC")
+    return config.model_copy(update=updates) if updates else config
+
+
+def _prepare_run_dir(run_dir: str) -> Path:
+    path = Path(run_dir)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"cannot write to run directory {run_dir} ({e.strerror or e}); choose a writable --run-dir") from None
+    return path
+
+
+def _write_config(path: Path, config: TrainConfig) -> None:
+    tmp = path / f".config.json.tmp-{os.getpid()}"
+    tmp.write_text(config.to_json() + "\n")
+    os.replace(tmp, path / "config.json")
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name} asked for, but no CUDA GPU is available; use --device cpu")
+    return dev
+
+
+def _initial_model(config: TrainConfig) -> FFNModel:
+    """Fresh weights from the seed, or those of ``init_from`` (geometry must agree)."""
+    if not config.init_from:
+        return build_model(config.model, seed=config.seed)
+    model = load_model(config.init_from, config=config.model)
+    got, want = model.config, config.model
+    if (got.depth, got.features) != (want.depth, want.features) or tuple(got.fov_size) != tuple(want.fov_size):
+        raise CheckpointError(
+            f"--init-from {config.init_from} has depth {got.depth}, features {got.features}, FOV {tuple(got.fov_size)}, "
+            f"but the run's model has depth {want.depth}, features {want.features}, FOV {tuple(want.fov_size)}; "
+            f"set --model to match the checkpoint"
+        )
+    return model
+
+
+class _StopFlag:
+    """Turns SIGINT/SIGTERM into a request to checkpoint and stop at the next step boundary."""
+
+    def __init__(self) -> None:
+        self.signal: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "_StopFlag":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C stops at once
+        self.signal = signal.Signals(signum).name
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+# ------------------------------------------------------------------------------------------
+# The loop
+# ------------------------------------------------------------------------------------------
+
+
+def train(
+    config: TrainConfig,
+    rank: int = 0,
+    world: int = 1,
+    wrap_model: Callable[[FFNModel], torch.nn.Module] | None = None,
+    resume: bool | None = None,
+) -> TrainResult:
+    """Train an FFN as google/ffn does; see the module docstring.
+
+    Parameters
+    ----------
+    config : TrainConfig
+    rank, world : int
+        This process's rank and the number of processes (data-parallel). Each process runs
+        ``config.emulate_workers`` example generators over its own coordinate shards.
+    wrap_model : callable, optional
+        Wraps the model for the step (e.g. in ``DistributedDataParallel``).
+    resume : bool, optional
+        ``None``: continue from the latest checkpoint if there is one; ``True``: require one;
+        ``False``: refuse a run directory that already has checkpoints.
+    """
+    config = resolve_config(config)
+    is_main = rank == 0
+    run_dir = _prepare_run_dir(config.run_dir) if is_main else Path(config.run_dir)
+    device = pick_device(config.device)
+    autocast_dtype = torch.bfloat16 if config.precision == "bfloat16" else None
+
+    # Data: one example generator per worker of this process, each over its own shard.
+    coords = open_coordinates(config.coords)
+    source = PatchSource(config, coords.volume_names)
+    tracker = EvalTracker(config.eval_size())
+    workers = config.emulate_workers
+    generators = []
+    for w in range(rank * workers, (rank + 1) * workers):
+        shard = coords.shard(w, world * workers)
+        source.check(shard, config.coords)
+        generators.append(ExampleGenerator(config, source, shard, tracker, worker=w))
+    if config.eval_coords and is_main:
+        eval_coords = open_coordinates(config.eval_coords)
+        _source_for(source, eval_coords.volume_names).check(eval_coords.shard(0, 1), config.eval_coords)
+
+    # Model and optimizer: resumed, fine-tuned or fresh.
+    latest = latest_checkpoint(run_dir)
+    if resume is False and latest is not None:
+        raise ConfigError(f"{run_dir} already holds checkpoints (latest {latest.name}); resume it (--resume) or choose a new --run-dir")
+    if resume is True and latest is None:
+        raise ConfigError(f"--resume given, but {run_dir} holds no checkpoint; drop --resume to start a new run")
+    state: dict[str, Any] = {}
+    if latest is not None:
+        ckpt = load_checkpoint(latest)
+        if ckpt.model.config.model_dump() != config.model.model_dump():
+            raise ConfigError(
+                f"the checkpoint in {run_dir} was trained with model {ckpt.model.config.model_dump()}, "
+                f"not {config.model.model_dump()}; keep the run's --model or start a new --run-dir"
+            )
+        model, state = ckpt.model, ckpt.state
+    else:
+        model = _initial_model(config)
+    model = model.to(device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last_3d)
+    model.train()
+    optimizer = build_optimizer(model.parameters(), config)
+    step, elapsed = 0, 0.0
+    if state:
+        optimizer.load_state_dict(state["optimizer"])
+        step, elapsed = int(state["step"]), float(state["elapsed_s"])
+        gen_states = state["generators"]
+        if len(gen_states) != world * workers:
+            raise ConfigError(
+                f"the checkpoint was written by {len(gen_states)} workers, this run has {world * workers}; "
+                "resume with the same number of workers"
+            )
+        for w, gen in zip(range(rank * workers, (rank + 1) * workers), generators):
+            gen.load_state_dict(gen_states[w])
+        torch.set_rng_state(state["torch_rng"])
+    stepper = wrap_model(model) if wrap_model else model
+    if is_main:
+        _write_config(run_dir, config)
+
+    log = MetricsLog(str(run_dir), tensorboard=config.tensorboard) if is_main else None
+    result = TrainResult(step=step, checkpoint=latest)
+    run_start = time.time() - elapsed
+    fovs_per_step = config.batch_size * workers * world
+    saved_step = step if latest is not None else -1
+
+    def checkpoint() -> Path | None:
+        nonlocal saved_step
+        saved_step = step
+        states = [g.state_dict() for g in generators]
+        if world > 1:  # every rank takes part; rank 0 writes all workers' states
+            states = gather_generator_states(states, world)
+        if not is_main:
+            return None
+        path = save_checkpoint(
+            run_dir,
+            model,
+            {
+                "step": step,
+                "elapsed_s": elapsed,
+                "optimizer": optimizer.state_dict(),
+                "generators": states,
+                "torch_rng": torch.get_rng_state(),
+                "config": config.to_json(),
+            },
+            provenance={"run_dir": str(run_dir)},
+        )
+        prune_checkpoints(run_dir, config.keep_last, config.keep_every_hours, run_start)
+        return path
+
+    def summarize(split: str, metrics: dict[str, Any], fovs_per_s: float, images: Sequence[np.ndarray] = ()) -> dict[str, Any]:
+        record = {"step": step, "time_s": round(elapsed, 3), "split": split, "fovs_per_s": fovs_per_s, **metrics}
+        if split == "train":
+            record["learning_rate"] = learning_rate(max(step - 1, 0), config)
+        if log is not None:
+            log.write(record, images)
+        return record
+
+    def run_eval() -> None:
+        if not (config.eval_coords and is_main):
+            return
+        metrics = evaluate(model, config, source, config.eval_coords, device, autocast_dtype, config.channels_last)
+        result.last_eval = summarize("eval", metrics, metrics.pop("fovs_per_s"))
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=config.max_steps, initial=step, disable=not (config.progress and is_main), file=sys.stderr, unit="step", dynamic_ncols=True)
+    t_interval, steps_interval = time.perf_counter(), 0
+    last_summary = last_checkpoint = last_eval = time.perf_counter()
+    smoothed_loss = None
+    try:
+        with _StopFlag() as stop:
+            while step < config.max_steps and stop.signal is None:
+                t_step = time.perf_counter()
+                lr = learning_rate(step, config)
+                batches = [g.next_batch() for g in generators]
+                loss, logits = train_step(stepper, optimizer, batches, lr, config.grad_clip, device, autocast_dtype, config.channels_last)  # type: ignore[arg-type]
+                if not math.isfinite(loss):
+                    good = latest_checkpoint(run_dir)
+                    raise TrainingDiverged(
+                        f"the loss became {loss} at step {step}; the last good checkpoint is "
+                        f"{good if good else 'none (no checkpoint was written yet)'}; lower --learning-rate, "
+                        "keep --grad-clip, or check the image normalization (--model mean=,stddev=)"
+                    )
+                for g, out in zip(generators, logits):
+                    g.update(out)
+                step += 1
+                steps_interval += 1
+                tracker.track_step(loss, fovs_per_step)
+                now = time.perf_counter()
+                elapsed += now - t_step
+                smoothed_loss = loss if smoothed_loss is None else 0.95 * smoothed_loss + 0.05 * loss
+                bar.update(1)
+
+                if now - last_summary >= config.summary_every_secs or (config.summary_every_steps and step % config.summary_every_steps == 0):
+                    fps = steps_interval * fovs_per_step / max(now - t_interval, 1e-9)
+                    metrics = tracker.summary()
+                    metrics["steps_per_s"] = steps_interval / max(now - t_interval, 1e-9)
+                    result.last_train = summarize("train", metrics, fps, list(tracker.images))
+                    tracker.reset()
+                    bar.set_postfix(loss=f"{smoothed_loss:.4f}", f1=_fmt(metrics["f1"]), fovs_s=f"{fps:.2f}", refresh=False)
+                    t_interval, steps_interval, last_summary = time.perf_counter(), 0, time.perf_counter()
+                if (config.eval_every_steps and step % config.eval_every_steps == 0) or (
+                    config.eval_every_secs and now - last_eval >= config.eval_every_secs
+                ):
+                    t0 = time.perf_counter()
+                    run_eval()
+                    last_eval = time.perf_counter()
+                    t_interval += last_eval - t0  # evaluation time does not count against FOVs/s
+                if (config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0) or (
+                    config.checkpoint_every_secs and now - last_checkpoint >= config.checkpoint_every_secs
+                ):
+                    t0 = time.perf_counter()
+                    result.checkpoint = checkpoint() or result.checkpoint
+                    last_checkpoint = time.perf_counter()
+                    t_interval += last_checkpoint - t0
+            result.stopped_by = stop.signal
+            if steps_interval:
+                now = time.perf_counter()
+                metrics = tracker.summary()
+                metrics["steps_per_s"] = steps_interval / max(now - t_interval, 1e-9)
+                result.last_train = summarize("train", metrics, steps_interval * fovs_per_step / max(now - t_interval, 1e-9), list(tracker.images))
+            if saved_step != step:
+                result.checkpoint = checkpoint() or result.checkpoint
+            if stop.signal is None and config.eval_coords:
+                run_eval()
+    finally:
+        bar.close()
+        if log is not None:
+            log.close()
+    result.step = step
+    return result
+
+
+def gather_generator_states(local: list[dict[str, Any]], world: int) -> list[dict[str, Any]]:
+    """All ranks' generator states, in worker order (every rank must call this)."""
+    import torch.distributed as dist
+
+    gathered: list[Any] = [None] * world
+    dist.all_gather_object(gathered, local)
+    return [s for part in gathered for s in part]
+
+
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
+def summary_line(record: dict[str, Any]) -> str:
+    """A short human-readable line for a metrics record."""
+    keys = ("step", "split", "loss", "accuracy", "precision", "recall", "f1", "fovs_per_s")
+    return json.dumps({k: (round(record[k], 4) if isinstance(record.get(k), float) else record.get(k)) for k in keys})
