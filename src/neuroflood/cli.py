@@ -22,7 +22,6 @@ COMMAND_MODULES = [
     "neuroflood.model.commands",  # import-tf, model-info
     "neuroflood.commands",  # synth
     "neuroflood.train.commands",  # train
-    "neuroflood.infer.commands",  # segment, consensus
     "neuroflood.evaluate.commands",  # evaluate, report, view
 ]
 
