@@ -234,6 +234,9 @@ def write_coordinate_stream(
                 written += len(rec)
         if written != count:
             raise AssertionError(f"wrote {written} coordinate records, announced {count}")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
