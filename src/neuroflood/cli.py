@@ -21,7 +21,9 @@ from .errors import NeurofloodError
 COMMAND_MODULES = [
     "neuroflood.model.commands",  # import-tf, model-info
     "neuroflood.commands",  # synth
+    "neuroflood.prepare.commands",  # prepare
     "neuroflood.train.commands",  # train
+    "neuroflood.infer.commands",  # segment, consensus
     "neuroflood.evaluate.commands",  # evaluate, report, view
 ]
 
