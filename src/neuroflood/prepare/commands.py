@@ -204,8 +204,17 @@ def _run(config: Any, labels: dict[str, str], images: dict[str, str], masks: dic
         mask = open_volume(masks[name]) if name in masks else None
         totals = partition_volume(vol, out, params, mask, config.block_shape, progress, name=name)
         counts = {str(c): int(n) for c, n in enumerate(totals) if n}
-        if hasattr(out, "set_attrs"):
-            out.set_attrs(partition_counts=counts, labels=labels[name], **params.to_dict())
+        if hasattr(out, "set_attrs"):  # plain numbers and strings, so that HDF5 and zarr both take them
+            values = [int(c) for c in counts]
+            out.set_attrs(
+                lom_radius=list(params.lom_radius),
+                thresholds=list(params.thresholds),
+                min_size=params.min_size,
+                margin=list(params.margin),
+                partition_counts=[values, [counts[str(v)] for v in values]],  # as np.unique(return_counts)
+                labels=labels[name],
+                prepare_parameters=json.dumps(params.to_dict()),
+            )
         out.close()
         partition_specs.append(spec)
         summary["volumes"][name] = {

@@ -206,25 +206,26 @@ def read_tfrecord_arrays(path: str | os.PathLike, progress: bool = False) -> tup
     centers: list[tuple[int, ...]] = []
     index: list[int] = []
     names: dict[bytes, int] = {}
-    bar = tqdm(desc=f"reading {os.path.basename(os.fspath(path))}", unit=" records", disable=not progress, unit_scale=True)
     raw_names: dict[bytes, bytes] = {}
-    for n, data in enumerate(iter_tfrecords(path)):
-        fast = _fast_coordinate_example(data, raw_names)
-        if fast is not None:
-            center, name = fast[:3], fast[3]
-        else:
-            try:
-                center, name = parse_coordinate_example(data)
-            except ValueError as e:
-                raise DataError(
-                    f"{os.fspath(path)}: record {n} is not a google/ffn coordinate Example ({e}); "
-                    "give a file written by build_coordinates.py"
-                ) from None
-        centers.append(center)
-        index.append(names.setdefault(name, len(names)))
-        if n % 65536 == 0:
-            bar.update(65536 if n else 1)
-    bar.close()
+    label = f"reading {os.path.basename(os.fspath(path))}"
+    with tqdm(desc=label, unit=" records", unit_scale=True, disable=not progress) as bar:
+        for n, data in enumerate(iter_tfrecords(path)):
+            fast = _fast_coordinate_example(data, raw_names)
+            if fast is not None:
+                center, name = fast[:3], fast[3]
+            else:
+                try:
+                    center, name = parse_coordinate_example(data)
+                except ValueError as e:
+                    raise DataError(
+                        f"{os.fspath(path)}: record {n} is not a google/ffn coordinate Example ({e}); "
+                        "give a file written by build_coordinates.py"
+                    ) from None
+            centers.append(center)
+            index.append(names.setdefault(name, len(names)))
+            if n % 65536 == 65535:  # tqdm per record would cost more than parsing
+                bar.update(65536)
+        bar.update(len(centers) % 65536)
     xyz = np.array(centers, np.int64).reshape(-1, 3)
     try:
         decoded = [k.decode("utf-8") for k in names]
