@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "neuroflood.commands",  # synth
     "neuroflood.prepare.commands",  # prepare
     "neuroflood.train.commands",  # train
+    "neuroflood.infer.commands",  # segment, consensus
     "neuroflood.evaluate.commands",  # evaluate, report, view
 ]
 

@@ -1,0 +1,150 @@
+"""CLI: ``neuroflood segment`` (one subvolume) and ``neuroflood consensus``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from ..errors import ConfigError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from ..cli import add_command
+
+    p = add_command(
+        sub,
+        "segment",
+        "flood-fill segmentation of one subvolume with a trained FFN",
+        "Segment the box --bbox of --image with the network --model, one object at a time "
+        "(google/ffn Canvas semantics), and write the segmentation, its quantized "
+        "probabilities, seed origins, counters and the request to --out. Defaults are the "
+        "FIB-25 reference settings; --config (TOML/JSON, see docs/inference.md) and --set "
+        "change them. A killed run resumes from its inference checkpoint; an --out that "
+        "already holds this request's result is left as is.",
+    )
+    p.add_argument("--model", required=True, help="native checkpoint directory or google/ffn TF checkpoint prefix")
+    p.add_argument("--image", required=True, help="image volume spec (z,y,x), e.g. data.h5:image")
+    p.add_argument("--bbox", default=None, help="z0,y0,x0:z1,y1,x1 (stop exclusive); default: the whole image")
+    p.add_argument("--out", required=True, help="output spec: seg.h5:segmentation, seg.zarr/segmentation or seg.npz")
+    p.add_argument("--config", default=None, help="inference request file (TOML or JSON)")
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a request field, e.g. options.move_threshold=0.8 or seed_policy=PolicyGrid3d (repeatable)",
+    )
+    p.add_argument("--summary", default=None, help="write a JSON summary (fov_evaluations, segments, seconds, ...)")
+    p.add_argument("--checkpoint", default=None, help="inference checkpoint file; default: beside --out (*.cpoint.npz)")
+    p.add_argument("--overwrite", action="store_true", help="replace an --out that holds another request's result")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (overrides the config)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_segment)
+
+    p = add_command(
+        sub,
+        "consensus",
+        "split consensus of two segmentations of one subvolume",
+        "Split segmentation A wherever segmentation B disagrees (google/ffn CONSENSUS_SPLIT): "
+        "every overlap of an A and a B segment becomes its own segment, the largest overlap "
+        "of each A segment keeps its id, overlaps smaller than --split-min-size are dropped. "
+        "Typical: A a forward PolicyPeaks run, B the reverse run with PolicyInvertOrigins.",
+    )
+    p.add_argument("a", help="first segmentation (an output of neuroflood segment or any volume spec)")
+    p.add_argument("b", help="second segmentation of the same box")
+    p.add_argument("--out", required=True, help="output spec (seg.h5:NAME, seg.zarr/NAME or seg.npz)")
+    p.add_argument("--split-min-size", type=int, default=1000, help="smallest overlap kept")
+    p.add_argument("--min-size", type=int, default=0, help="remove connected components smaller than this from A and B first")
+    p.add_argument("--no-split-cc", action="store_true", help="do not split A and B into connected components first")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.set_defaults(func=_consensus)
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["options.move_threshold=0.8", "seed_policy=PolicyMax"]`` → nested dict (JSON values)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r} is not KEY=VALUE, e.g. --set options.move_threshold=0.8")
+        key, raw = item.split("=", 1)
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: {part} is not a table")
+        node[parts[-1]] = value
+    return out
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for k, v in extra.items():
+        merged[k] = _merge(merged[k], v) if isinstance(v, dict) and isinstance(merged.get(k), dict) else v
+    return merged
+
+
+def _segment(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..config import load_config_file
+    from .config import InferenceRequest
+    from .segment import segment_volume
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    raw = load_config_file(args.config) if args.config else {}
+    raw = _merge(raw, parse_overrides(args.overrides))
+    if args.device:
+        raw["device"] = args.device
+    request = InferenceRequest.build(raw)
+    summary = segment_volume(
+        args.model, args.image, args.out, args.bbox, request,
+        overwrite=args.overwrite, checkpoint_path=args.checkpoint, summary_path=args.summary,
+        progress=not args.no_progress,
+    )
+    if summary.get("skipped"):
+        print(f"{args.out} already holds this request's segmentation; nothing to do")
+        return 0
+    print(
+        f"{summary['segments']} segments, {summary['fov_evaluations']} FOV evaluations, "
+        f"{100 * summary['unsegmented_fraction']:.1f}% unsegmented, {summary['seconds']:.1f} s "
+        f"({summary['seconds_per_fov'] or 0:.3f} s/FOV) -> {args.out}"
+    )
+    return 0
+
+
+def _consensus(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from ..errors import VolumeError
+    from ..volume import open_volume
+    from .consensus import compute_consensus
+    from .storage import check_output, read_output, write_output
+
+    def load(spec: str):
+        try:
+            out = read_output(spec)
+            return out["segmentation"], out["meta"]
+        except VolumeError:
+            vol = open_volume(spec)
+            try:
+                return vol[...], {}
+            finally:
+                vol.close()
+
+    a, meta_a = load(args.a)
+    b, _ = load(args.b)
+    clean = {} if args.no_split_cc and not args.min_size else {"split_cc": not args.no_split_cc, "min_size": args.min_size}
+    seg = compute_consensus(a, b, args.split_min_size, **clean)
+    key = {"consensus": [args.a, args.b], "split_min_size": args.split_min_size, "clean": clean}
+    if check_output(args.out, key, overwrite=args.overwrite):
+        print(f"{args.out} already holds this consensus; nothing to do")
+        return 0
+    write_output(args.out, seg, origins={}, meta={"request": key, "corner_zyx": meta_a.get("corner_zyx", [0, 0, 0])})
+    n = int(np.count_nonzero(np.unique(seg)))
+    print(f"consensus: {n} segments -> {args.out}")
+    return 0

@@ -1,0 +1,519 @@
+"""Segment one subvolume end to end: in memory (:func:`segment_subvolume`) or file to file.
+
+:func:`segment_subvolume` works on an image array and returns a
+:class:`SegmentationResult`; it does no file I/O except the optional inference checkpoint,
+so blockwise segmentation of large volumes can call it per block. :func:`segment_volume`
+adds the files: open the image, crop the box, skip or refuse an existing output, write the
+result atomically and a JSON summary.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from ..bbox import BoundingBox
+from ..errors import ConfigError, DataError, VolumeError
+from ..volume import open_volume
+from .canvas import Canvas, Origin
+from .config import InferenceRequest, MaskConfig
+from .executor import BatchedExecutor, make_executor
+from .movement import MOVEMENT_POLICIES, MovementRestrictor
+from .seeds import check_seed_policy
+from .storage import (
+    check_output,
+    default_checkpoint_path,
+    load_checkpoint,
+    read_output,
+    save_checkpoint,
+    to_output_ids,
+    write_output,
+)
+
+
+@dataclass
+class SegmentationResult:
+    """What one subvolume's segmentation produced.
+
+    ``segmentation`` holds ids in the smallest sufficient unsigned dtype (0 = unsegmented);
+    ``qprob`` the uint8 quantized probabilities of accepted segments (or None); ``origins``
+    ``{id: Origin}`` with seeds in subvolume coordinates; ``corner`` the subvolume's global
+    start (z, y, x).
+    """
+
+    segmentation: np.ndarray
+    origins: dict[int, Origin]
+    counters: dict[str, float]
+    qprob: np.ndarray | None = None
+    overlaps: dict[int, tuple[list[int], list[int]]] = field(default_factory=dict)
+    corner: tuple[int, int, int] = (0, 0, 0)
+    seconds: float = 0.0
+    local_to_global: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def fov_evaluations(self) -> int:
+        return int(self.counters.get("fov_evaluations", 0))
+
+    @property
+    def segments(self) -> int:
+        return len(self.origins)
+
+    @property
+    def unsegmented_fraction(self) -> float:
+        return float(np.mean(self.segmentation == 0)) if self.segmentation.size else 0.0
+
+    def summary(self) -> dict[str, Any]:
+        """The numbers users count, for ``--summary``."""
+        fovs = self.fov_evaluations
+        return {
+            "fov_evaluations": fovs,
+            "segments": self.segments,
+            "unsegmented_fraction": round(self.unsegmented_fraction, 6),
+            "seconds": round(self.seconds, 3),
+            "seconds_per_fov": round(self.seconds / fovs, 4) if fovs else None,
+            "fovs_per_second": round(fovs / self.seconds, 3) if self.seconds > 0 else None,
+            "voxels": int(self.segmentation.size),
+            "shape": list(self.segmentation.shape),
+            "corner": list(self.corner),
+            "counters": {k: (round(v, 3) if isinstance(v, float) else v) for k, v in sorted(self.counters.items())},
+        }
+
+
+# -- validation ------------------------------------------------------------------------------
+def as_request(request: InferenceRequest | dict[str, Any] | None) -> InferenceRequest:
+    if isinstance(request, InferenceRequest):
+        return request
+    return InferenceRequest.build(request)
+
+
+def validate(model: torch.nn.Module, shape: Sequence[int], request: InferenceRequest) -> None:
+    """Raise a neuroflood error if the model, the subvolume and the request do not fit."""
+    fov = tuple(model.config.fov_size)
+    deltas = tuple(request.movement_policy_args.get("deltas", model.config.deltas))
+    if len(shape) != 3:
+        raise DataError(f"the image has {len(shape)} dimensions; segmentation needs a 3-D (z, y, x) image")
+    if any(s < f for s, f in zip(shape, fov)):
+        raise DataError(
+            f"the subvolume {tuple(shape)} is smaller than the network's field of view {fov} (z,y,x); "
+            "choose a larger --bbox"
+        )
+    if len(deltas) != 3 or any(2 * d + 1 > f for d, f in zip(deltas, fov)):
+        raise ConfigError(
+            f"movement deltas {deltas} do not fit the model's FOV {fov}: 2*delta+1 must be <= FOV on every axis"
+        )
+    check_seed_policy(request.seed_policy, request.seed_policy_args)
+    if request.movement_policy not in MOVEMENT_POLICIES:
+        raise ConfigError(
+            f"unknown movement policy {request.movement_policy!r}; choose one of {', '.join(MOVEMENT_POLICIES)}"
+        )
+    extra = set(request.movement_policy_args) - {"deltas", "score_threshold"}
+    if extra:
+        raise ConfigError(
+            f"movement_policy_args has unknown keys {', '.join(sorted(extra))}; it takes deltas and score_threshold"
+        )
+    score = request.movement_policy_args.get("score_threshold")
+    if score is not None and not 0 < float(score) < 1:
+        raise ConfigError(f"movement_policy_args.score_threshold {score} must be a probability in (0, 1)")
+
+
+def build_mask(configs: Sequence[MaskConfig], image: np.ndarray, corner: Sequence[int]) -> np.ndarray | None:
+    """OR of the masks ``configs`` over the box at ``corner`` with ``image``'s shape."""
+    if not configs:
+        return None
+    shape = image.shape
+    box = BoundingBox(tuple(corner), shape)
+    out = np.zeros(shape, bool)
+    for cfg in configs:
+        if cfg.expression is not None:
+            z, y, x = np.ogrid[tuple(slice(c, c + s) for c, s in zip(corner, shape))]
+            try:
+                # The config's author writes this expression; no builtins are exposed to it.
+                m = eval(cfg.expression, {"__builtins__": {}}, {"np": np, "z": z, "y": y, "x": x})  # noqa: S307
+            except Exception as e:
+                raise ConfigError(f"mask expression {cfg.expression!r} failed: {type(e).__name__}: {e}") from None
+            m = np.broadcast_to(np.asarray(m, bool), shape)
+        else:
+            if cfg.image:
+                values = image
+            else:
+                assert cfg.volume is not None
+                vol = open_volume(cfg.volume)
+                try:
+                    if any(b > s for b, s in zip(box.stop, vol.shape[:3])):
+                        raise VolumeError(
+                            f"mask volume {cfg.volume} has shape {vol.shape[:3]}, it must cover the box "
+                            f"{tuple(corner)}..{box.stop}"
+                        )
+                    values = vol[box.to_slices()]
+                finally:
+                    vol.close()
+                if values.ndim == 4:  # channel last: any channel selects
+                    raise VolumeError(f"mask volume {cfg.volume} must be 3-D (z, y, x), got shape {values.shape}")
+            if cfg.values is not None:
+                m = np.isin(values, cfg.values)
+            else:
+                lo = -np.inf if cfg.min_value is None else cfg.min_value
+                hi = np.inf if cfg.max_value is None else cfg.max_value
+                m = (values >= lo) & (values <= hi)
+        out |= ~m if cfg.invert else m
+    return out
+
+
+def normalize_image(model: torch.nn.Module, image: np.ndarray, request: InferenceRequest) -> np.ndarray:
+    """``(image - mean) / stddev`` in float32, with the request's or else the model's statistics."""
+    mean = model.config.image_mean if request.image_mean is None else request.image_mean
+    std = model.config.image_stddev if request.image_stddev is None else request.image_stddev
+    return (np.asarray(image).astype(np.float32) - np.float32(mean)) / np.float32(std)
+
+
+# -- in memory -------------------------------------------------------------------------------
+def segment_subvolume(
+    model: torch.nn.Module,
+    image: np.ndarray,
+    request: InferenceRequest | dict[str, Any] | None = None,
+    *,
+    corner: Sequence[int] = (0, 0, 0),
+    mask: np.ndarray | None = None,
+    seed_mask: np.ndarray | None = None,
+    init_segmentation: np.ndarray | None = None,
+    executor: Any = None,
+    checkpoint_path: str | os.PathLike | None = None,
+    checkpoint_key: dict[str, Any] | None = None,
+    callback: Callable[[str, Canvas], None] | None = None,
+    progress: bool = False,
+) -> SegmentationResult:
+    """Segment one subvolume ``image`` (z, y, x, raw intensities) with ``model``.
+
+    Parameters
+    ----------
+    model : FFNModel
+        The network (its ``config`` gives FOV, deltas and default image statistics).
+    image : array (z, y, x)
+        Raw image of the subvolume; normalized here.
+    request : InferenceRequest or dict, optional
+        Options, policies and executor settings; default: the FIB-25 reference settings.
+    corner : (z, y, x)
+        Global start of the subvolume (mask expressions and results use it).
+    mask, seed_mask : bool arrays, optional
+        Movement and seed masks; default: built from ``request.masks`` / ``seed_masks``.
+    init_segmentation : int array, optional
+        Existing segments, kept as obstacles.
+    executor : optional
+        An executor or client with ``predict``; default: one made from the request (closed
+        at the end). Pass a :class:`BatchedExecutor`'s ``client()`` to share a GPU.
+    checkpoint_path : path, optional
+        Inference checkpoint: restored if it exists, written every
+        ``request.checkpoint_interval`` seconds, deleted when the subvolume is done.
+    checkpoint_key : dict, optional
+        Identifies the request in the checkpoint (a checkpoint of another key is refused);
+        default: the request itself.
+    callback : callable, optional
+        ``callback(event, canvas)``, see :class:`Canvas`.
+    progress : bool
+        Show a progress bar (voxels segmented, objects, FOVs/s) on stderr.
+
+    Returns
+    -------
+    SegmentationResult
+    """
+    request = as_request(request)
+    image = np.asarray(image)
+    validate(model, image.shape, request)
+    t0 = time.perf_counter()
+    norm = normalize_image(model, image, request)
+    if mask is None:
+        mask = build_mask(request.masks, image, corner)
+    if seed_mask is None:
+        seed_mask = build_mask(request.seed_masks, image, corner)
+    for name, m in (("mask", mask), ("seed_mask", seed_mask)):
+        if m is not None and np.shape(m) != image.shape:
+            raise DataError(f"{name} has shape {np.shape(m)}, the image {image.shape}; give one of the same shape")
+    restrictor = MovementRestrictor(mask=mask, seed_mask=seed_mask)
+
+    own_executor = executor is None
+    if own_executor:
+        executor = make_executor(model, request.batch_size, request.device, request.precision, request.tf32)
+    client = executor.client() if hasattr(executor, "client") else executor
+    key = checkpoint_key if checkpoint_key is not None else _request_key(request)
+
+    elapsed_before = 0.0  # seconds spent before the checkpoint this run resumed from
+
+    def save(canvas: Canvas, partial: int, rewind: bool) -> None:
+        assert checkpoint_path is not None
+        elapsed = elapsed_before + time.perf_counter() - t0
+        save_checkpoint(checkpoint_path, canvas, partial, rewind, key, elapsed_seconds=elapsed)
+
+    bar = _ProgressBar(image.size, enabled=progress)
+
+    def on_event(event: str, canvas: Canvas) -> None:
+        bar(event, canvas)
+        if callback is not None:
+            callback(event, canvas)
+
+    movement_args = dict(request.movement_policy_args)
+    canvas = Canvas(
+        norm,
+        client,
+        request.options,
+        fov_size=model.config.fov_size,
+        deltas=tuple(movement_args.pop("deltas", model.config.deltas)),
+        restrictor=restrictor,
+        movement_policy=request.movement_policy,
+        movement_policy_args=movement_args,
+        voxel_size=request.voxel_size,
+        keep_probability_maps=request.keep_probability_maps,
+        checkpoint=save if checkpoint_path is not None else None,
+        checkpoint_interval=request.checkpoint_interval,
+        callback=on_event,
+    )
+    try:
+        if init_segmentation is not None:
+            canvas.init_segmentation(init_segmentation)
+        if checkpoint_path is not None and os.path.exists(checkpoint_path):
+            state = load_checkpoint(checkpoint_path, key)
+            elapsed_before = float(state.pop("elapsed_seconds", 0.0))
+            canvas.load_state_dict(state)
+            bar.restored(canvas)
+        # A fully masked subvolume has nothing to segment.
+        if restrictor.mask is None or not np.all(restrictor.mask):
+            canvas.segment_all(request.seed_policy, request.seed_policy_args)
+    finally:
+        bar.close()
+        if hasattr(client, "close") and client is not executor:
+            client.close()
+        if own_executor:
+            executor.close()
+
+    result = SegmentationResult(
+        segmentation=to_output_ids(canvas.segmentation),
+        origins=dict(canvas.origins),
+        counters=dict(canvas.counters),
+        qprob=canvas.seg_prob,
+        overlaps=dict(canvas.overlaps),
+        corner=tuple(int(c) for c in corner),
+        seconds=elapsed_before + time.perf_counter() - t0,
+        local_to_global=dict(canvas.local_to_global),
+    )
+    if checkpoint_path is not None and os.path.exists(checkpoint_path):
+        os.unlink(checkpoint_path)
+    return result
+
+
+def segment_many(
+    model: torch.nn.Module,
+    images: Sequence[np.ndarray],
+    request: InferenceRequest | dict[str, Any] | None = None,
+    *,
+    corners: Sequence[Sequence[int]] | None = None,
+    concurrency: int | None = None,
+) -> list[SegmentationResult]:
+    """Segment several subvolumes in threads that share one batched executor.
+
+    ``concurrency`` canvases run at once (default: twice the batch size, so that a batch can
+    fill while results are handed back); results come back in the order of ``images``.
+    """
+    request = as_request(request)
+    corners = corners or [(0, 0, 0)] * len(images)
+    n_threads = max(1, min(len(images), concurrency or 2 * request.batch_size))
+    results: list[SegmentationResult | None] = [None] * len(images)
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+    todo = list(range(len(images)))
+    with BatchedExecutor(model, request.batch_size, request.device, request.precision, request.tf32) as executor:
+        # Register every client before any thread runs, so that the first requests wait
+        # for a full batch instead of going one by one.
+        clients = [executor.client() for _ in range(n_threads)]
+
+        def work(client: Any) -> None:
+            with client:
+                while True:
+                    with lock:
+                        if not todo or errors:
+                            return
+                        i = todo.pop(0)
+                    try:
+                        results[i] = segment_subvolume(model, images[i], request, corner=corners[i], executor=client)
+                    except BaseException as e:
+                        with lock:
+                            errors.append(e)
+                        return
+
+        threads = [threading.Thread(target=work, args=(c,), name=f"canvas-{k}") for k, c in enumerate(clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    if errors:
+        raise errors[0]
+    return [r for r in results if r is not None]
+
+
+def _request_key(request: InferenceRequest) -> dict[str, Any]:
+    """The request fields that change the result (the checkpoint interval does not)."""
+    d = json.loads(request.model_dump_json())
+    d.pop("checkpoint_interval", None)
+    return d
+
+
+class _ProgressBar:
+    """tqdm on stderr: voxels segmented of the subvolume, objects, FOVs/s."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.bar = None
+        if enabled:
+            import sys
+
+            from tqdm import tqdm
+
+            # In a log file (no terminal) a line every 30 s instead of 10 a second.
+            interval = 0.1 if sys.stderr.isatty() else 30.0
+            self.bar = tqdm(
+                total=total, unit="vox", unit_scale=True, desc="segment", dynamic_ncols=True, mininterval=interval
+            )
+        self.t0 = time.perf_counter()
+        self.fovs0 = 0
+        self.done = 0
+        self.last = 0.0
+
+    def restored(self, canvas: Canvas) -> None:
+        self.fovs0 = int(canvas.counters.get("fov_evaluations", 0))
+        self._set_done(canvas)
+
+    def _set_done(self, canvas: Canvas) -> None:
+        if self.bar is not None:
+            done = int(canvas.counters.get("voxels_segmented", 0))
+            self.bar.update(done - self.done)
+            self.done = done
+
+    def __call__(self, event: str, canvas: Canvas) -> None:
+        if self.bar is None:
+            return
+        if event == "segment":
+            self._set_done(canvas)
+        now = time.perf_counter()
+        if event == "segment" or now - self.last > 1.0:
+            self.last = now
+            fovs = int(canvas.counters.get("fov_evaluations", 0))
+            rate = (fovs - self.fovs0) / max(now - self.t0, 1e-9)
+            self.bar.set_postfix(objects=len(canvas.origins), fovs=fovs, fov_s=f"{rate:.2f}", refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+# -- files -----------------------------------------------------------------------------------
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """sha256 of the weights (names, shapes, values): identifies the model in a request."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def segment_volume(
+    model: torch.nn.Module | str | os.PathLike,
+    image_spec: str,
+    out_spec: str,
+    bbox: BoundingBox | str | None = None,
+    request: InferenceRequest | dict[str, Any] | None = None,
+    *,
+    overwrite: bool = False,
+    checkpoint_path: str | os.PathLike | None = None,
+    summary_path: str | os.PathLike | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Segment the box ``bbox`` of the image at ``image_spec`` into ``out_spec``.
+
+    Returns the summary (see :meth:`SegmentationResult.summary`). If ``out_spec`` already
+    holds the result of this very request, nothing is recomputed (``"skipped": true``); if it
+    holds another request's, a VolumeError says so (unless ``overwrite``). The inference
+    checkpoint (default: beside the output) lets a killed run resume where it stopped.
+    """
+    from ..model import load_model
+
+    request = as_request(request)
+    model_path = None
+    if not isinstance(model, torch.nn.Module):
+        model_path = os.fspath(model)
+        model = load_model(model_path)
+    vol = open_volume(image_spec)
+    try:
+        if len(vol.shape) != 3:
+            raise VolumeError(f"image {image_spec} has shape {vol.shape}; segmentation needs a 3-D (z, y, x) volume")
+        full = BoundingBox.from_shape(vol.shape)
+        box = BoundingBox.parse(bbox) if isinstance(bbox, str) else (bbox or full)
+        if any(a < 0 for a in box.start) or any(b > s for b, s in zip(box.stop, vol.shape)):
+            raise DataError(
+                f"bbox {_fmt_box(box)} is outside the image {image_spec} of shape {vol.shape} (z,y,x); "
+                f"choose a box inside 0,0,0:{','.join(map(str, vol.shape))}"
+            )
+        validate(model, box.size, request)
+        key = {
+            "image": os.path.abspath(image_spec) if os.path.exists(image_spec.split(":")[0]) else image_spec,
+            "bbox": _fmt_box(box),
+            "model_sha256": model_fingerprint(model),
+            "model": json.loads(model.config.model_dump_json()),
+            "request": _request_key(request),
+        }
+        if check_output(out_spec, key, overwrite=overwrite):
+            summary = dict(read_output(out_spec)["meta"].get("summary", {}))
+            summary["skipped"] = True
+            _write_summary(summary_path, summary)
+            return summary
+        image = vol[box.to_slices()]
+    finally:
+        vol.close()
+
+    ckpt = os.fspath(checkpoint_path) if checkpoint_path is not None else default_checkpoint_path(out_spec)
+    result = segment_subvolume(
+        model, image, request, corner=box.start, checkpoint_path=ckpt if request.checkpoint_interval > 0 else None,
+        checkpoint_key=key, progress=progress,
+    )
+    summary = result.summary()
+    summary.update({"image": image_spec, "bbox": _fmt_box(box), "out": out_spec})
+    if model_path:
+        summary["model_path"] = model_path
+    meta = {"request": key, "corner_zyx": list(box.start), "summary": summary, "counters": result.counters}
+    write_output(
+        out_spec, result.segmentation, origins=result.origins, overlaps=result.overlaps,
+        qprob=result.qprob, meta=meta, overwrite=True,
+    )
+    _write_summary(summary_path, summary)
+    return summary
+
+
+def _fmt_box(box: BoundingBox) -> str:
+    return f"{','.join(map(str, box.start))}:{','.join(map(str, box.stop))}"
+
+
+def _write_summary(path: str | os.PathLike | None, summary: dict[str, Any]) -> None:
+    if path is None:
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+__all__ = [
+    "SegmentationResult",
+    "segment_subvolume",
+    "segment_many",
+    "segment_volume",
+    "normalize_image",
+    "build_mask",
+    "validate",
+]

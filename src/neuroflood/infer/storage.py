@@ -1,0 +1,300 @@
+"""Segmentation outputs and inference checkpoints, written atomically.
+
+google/ffn ``ffn/inference/storage.py`` (ffn-algorithms.md §3.7, §3.8), in neuroflood's
+volume specs. An output spec names the segmentation array; its companions sit beside it:
+
+=====================  =====================================================================
+``seg.h5:NAME``        datasets ``NAME`` (ids), ``NAME_prob`` (uint8 quantized probabilities)
+``seg.zarr/NAME``      and ``NAME_info`` (UTF-8 JSON bytes: ``origins`` {id: [z, y, x,
+                       iterations, seconds]} and ``overlaps`` {id: [[ids], [voxels]]});
+                       ``NAME`` carries the attribute ``neuroflood`` (JSON: format, request,
+                       counters, corner, summary)
+``seg.npz``            one file with arrays ``segmentation``, ``qprob``, and the JSON strings
+                       ``meta`` and ``info``
+=====================  =====================================================================
+
+The segmentation is written last: when it exists, the result is complete. Ids are stored in
+the smallest unsigned type that holds them; failed-seed markers (-1) become 0.
+Nothing is pickled: checkpoints are ``.npz`` files of plain arrays and JSON strings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import CheckpointError, VolumeError
+from ..volume import open_volume, write_volume
+from .canvas import Canvas, Origin, dequantize_probability
+
+FORMAT = "neuroflood-segmentation"
+VERSION = 1
+
+
+def smallest_uint(max_value: int) -> np.dtype:
+    """The smallest unsigned integer dtype that holds ``max_value``."""
+    for dt in (np.uint8, np.uint16, np.uint32, np.uint64):
+        if max_value <= np.iinfo(dt).max:
+            return np.dtype(dt)
+    raise ValueError(f"{max_value} does not fit in uint64")
+
+
+def to_output_ids(segmentation: np.ndarray) -> np.ndarray:
+    """Ids in the smallest sufficient unsigned dtype, negative markers zeroed."""
+    seg = np.asarray(segmentation)
+    top = int(seg.max(initial=0))
+    return np.where(seg > 0, seg, 0).astype(smallest_uint(max(top, 0)))
+
+
+def info_json(origins: dict[int, Origin], overlaps: dict[int, tuple[list[int], list[int]]] | None) -> str:
+    """Origins and overlaps as JSON: ``{"origins": {id: [z, y, x, iters, s]}, "overlaps": ...}``."""
+    return json.dumps({
+        "origins": {str(k): [*o.start_zyx, o.iterations, round(o.seconds, 6)] for k, o in sorted(origins.items())},
+        "overlaps": {str(k): [list(v[0]), list(v[1])] for k, v in sorted((overlaps or {}).items())},
+    })
+
+
+def origins_from_info(text: str) -> dict[int, Origin]:
+    origins = json.loads(text).get("origins", {})
+    return {int(k): Origin((int(v[0]), int(v[1]), int(v[2])), int(v[3]), float(v[4])) for k, v in origins.items()}
+
+
+def differences(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """Dotted paths of the leaves where two JSON-like values differ (for error messages)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out: list[str] = []
+        for k in sorted(set(a) | set(b)):
+            out += differences(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    return [] if a == b else [prefix.rstrip(".") or "(value)"]
+
+
+# -- output specs ----------------------------------------------------------------------------
+def _output_kind(spec: str) -> tuple[str, str, str]:
+    """(kind, container path, array name) of an output spec; only h5, zarr and npz."""
+    s = spec.lower()
+    if re.search(r"\.npz(:[^/]*)?$", s):
+        return "npz", spec.split(":", 1)[0] if ":" in spec else spec, "segmentation"
+    m = re.match(r"^(.*?\.zarr)(?:/(.*))?$", spec, re.I)
+    if m:
+        name = (m.group(2) or "").strip("/")
+        if not name:
+            raise VolumeError(f"output {spec!r} names no array inside the zarr; write it as {spec.rstrip('/')}/segmentation")
+        return "zarr", m.group(1), name
+    if re.search(r"\.(h5|hdf5|hdf)(:|$)", s):
+        if ":" not in spec:
+            raise VolumeError(f"output {spec!r} names no dataset; write it as {spec}:segmentation")
+        path, name = spec.rsplit(":", 1)
+        return "h5", path, name
+    raise VolumeError(
+        f"output {spec!r} is not an HDF5, zarr or npz spec; use seg.h5:segmentation, seg.zarr/segmentation or seg.npz"
+    )
+
+
+def _sibling(kind: str, path: str, name: str, suffix: str) -> str:
+    return f"{path}:{name}{suffix}" if kind == "h5" else f"{path}/{name}{suffix}"
+
+
+def default_checkpoint_path(out_spec: str) -> str:
+    """Where ``neuroflood segment`` keeps the inference checkpoint of ``out_spec``."""
+    kind, path, name = _output_kind(out_spec)
+    base = path if kind == "npz" else f"{path.rstrip('/')}.{name.replace('/', '_')}"
+    return f"{base}.cpoint.npz"
+
+
+def read_output_meta(out_spec: str) -> dict[str, Any] | None:
+    """The ``neuroflood`` metadata of a finished output, or None if there is no output."""
+    kind, path, name = _output_kind(out_spec)
+    if kind == "npz":
+        if not os.path.exists(path):
+            return None
+        with np.load(path, allow_pickle=False) as f:
+            if "meta" not in f:
+                raise VolumeError(f"{path} exists but was not written by neuroflood segment; choose another --out")
+            return json.loads(str(f["meta"]))
+    try:
+        vol = open_volume(f"{path}:{name}" if kind == "h5" else f"{path}/{name}")
+    except VolumeError:
+        return None
+    try:
+        raw = vol.attrs.get("neuroflood")
+    finally:
+        vol.close()
+    if raw is None:
+        raise VolumeError(f"{out_spec} exists but was not written by neuroflood segment; choose another --out or pass --overwrite")
+    return json.loads(raw)
+
+
+def check_output(out_spec: str, request: dict[str, Any], overwrite: bool = False) -> bool:
+    """True if ``out_spec`` already holds the result of exactly ``request`` (nothing to do).
+
+    Raises VolumeError if it holds the result of another request (unless ``overwrite``).
+    """
+    if overwrite:
+        _output_kind(out_spec)
+        return False
+    meta = read_output_meta(out_spec)
+    if meta is None:
+        return False
+    old = meta.get("request", {})
+    if old == request:
+        return True
+    keys = differences(old, request)
+    raise VolumeError(
+        f"{out_spec} already holds a segmentation of another request (differs in: {', '.join(keys)}); "
+        "choose another --out or pass --overwrite"
+    )
+
+
+def write_output(
+    out_spec: str,
+    segmentation: np.ndarray,
+    *,
+    origins: dict[int, Origin],
+    overlaps: dict[int, tuple[list[int], list[int]]] | None = None,
+    qprob: np.ndarray | None = None,
+    meta: dict[str, Any] | None = None,
+    overwrite: bool = False,
+) -> None:
+    """Write a segmentation result; the segmentation array last, each array atomically."""
+    kind, path, name = _output_kind(out_spec)
+    seg = to_output_ids(segmentation)
+    meta = {"format": FORMAT, "version": VERSION, **(meta or {})}
+    meta_json = json.dumps(meta, sort_keys=True)
+    info = info_json(origins, overlaps)
+    if kind == "npz":
+        arrays = {"segmentation": seg, "meta": np.array(meta_json), "info": np.array(info)}
+        if qprob is not None:
+            arrays["qprob"] = qprob
+        atomic_savez(path, arrays)
+        return
+    if qprob is not None:
+        write_volume(_sibling(kind, path, name, "_prob"), qprob, overwrite=True)
+    info_bytes = np.frombuffer(info.encode(), np.uint8)
+    write_volume(_sibling(kind, path, name, "_info"), info_bytes, chunks=(len(info_bytes),), overwrite=True)
+    target = f"{path}:{name}" if kind == "h5" else f"{path}/{name}"
+    write_volume(target, seg, overwrite=True, attrs={"neuroflood": meta_json})
+
+
+def read_output(out_spec: str) -> dict[str, Any]:
+    """``segmentation``, ``qprob`` (or None), ``origins`` and ``meta`` of a written result."""
+    kind, path, name = _output_kind(out_spec)
+    if kind == "npz":
+        if not os.path.exists(path):
+            raise VolumeError(f"{path} does not exist; run neuroflood segment first or check the path")
+        with np.load(path, allow_pickle=False) as f:
+            return {
+                "segmentation": f["segmentation"],
+                "qprob": f["qprob"] if "qprob" in f else None,
+                "origins": origins_from_info(str(f["info"])) if "info" in f else {},
+                "meta": json.loads(str(f["meta"])) if "meta" in f else {},
+            }
+
+    def read(suffix: str, required: bool = True) -> np.ndarray | None:
+        spec = _sibling(kind, path, name, suffix) if suffix else (f"{path}:{name}" if kind == "h5" else f"{path}/{name}")
+        try:
+            vol = open_volume(spec)
+        except VolumeError:
+            if required:
+                raise
+            return None
+        try:
+            return vol[...]
+        finally:
+            vol.close()
+
+    meta = read_output_meta(out_spec) or {}
+    info = read("_info", required=False)
+    return {
+        "segmentation": read(""),
+        "qprob": read("_prob", required=False),
+        "origins": origins_from_info(info.tobytes().decode()) if info is not None else {},
+        "meta": meta,
+    }
+
+
+def load_origins(out_spec: str) -> dict[int, Origin]:
+    """The origins ``{id: Origin}`` of a written result (for PolicyInvertOrigins)."""
+    return read_output(out_spec)["origins"]
+
+
+def load_segmentation(
+    out_spec: str,
+    threshold: float | None = None,
+    split_cc: bool = True,
+    min_size: int = 0,
+    connectivity: int = 6,
+) -> tuple[np.ndarray, dict[int, Origin]]:
+    """A written segmentation, cleaned up as google/ffn's ``load_segmentation`` intends.
+
+    Voxels whose stored probability is below ``threshold`` are cleared; segments are split
+    into connected components (``connectivity`` 6, 18 or 26) and components smaller than
+    ``min_size`` removed; origins follow the component that keeps the seed's id mapping.
+    """
+    from .consensus import clean_up
+
+    out = read_output(out_spec)
+    seg = out["segmentation"].astype(np.uint64)
+    if threshold is not None:
+        if out["qprob"] is None:
+            raise VolumeError(f"{out_spec} has no probability map; segment with keep_probability_maps = true")
+        prob = dequantize_probability(out["qprob"])
+        seg[~(prob >= threshold)] = 0
+    new_to_old = clean_up(seg, split_cc=split_cc, min_size=min_size, connectivity=connectivity)
+    origins = {
+        int(new): out["origins"][int(old)] for new, old in new_to_old.items() if new and int(old) in out["origins"]
+    }
+    return seg, origins
+
+
+# -- atomic files and inference checkpoints ------------------------------------------------
+def atomic_savez(path: str | os.PathLike, arrays: dict[str, np.ndarray], compress: bool = True) -> None:
+    """``np.savez[_compressed]`` to a temporary file beside ``path``, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            (np.savez_compressed if compress else np.savez)(f, **arrays)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    canvas: Canvas,
+    partial_segment_iters: int,
+    rewind_seed: bool,
+    request: dict[str, Any],
+    elapsed_seconds: float = 0.0,
+) -> None:
+    """Write the canvas state (``Canvas.state_dict``), the request it belongs to and the time spent."""
+    state = canvas.state_dict(partial_segment_iters, rewind_seed)
+    state["request"] = np.array(json.dumps(request, sort_keys=True))
+    state["elapsed_seconds"] = np.array(elapsed_seconds, np.float64)
+    atomic_savez(path, state)
+
+
+def load_checkpoint(path: str | os.PathLike, request: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Read a checkpoint written for ``request``; another request's checkpoint is an error."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            state = {k: f[k] for k in f.files}
+    except (OSError, ValueError, EOFError) as e:
+        raise CheckpointError(f"inference checkpoint {path} is unreadable ({e}); delete it to start over") from None
+    saved = json.loads(str(state.pop("request", "{}")))
+    if saved != request:
+        keys = differences(saved, request)
+        raise CheckpointError(
+            f"inference checkpoint {path} belongs to another request (differs in: {', '.join(keys)}); "
+            "delete it to start over, or rerun with the request that wrote it"
+        )
+    return state
