@@ -54,6 +54,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", metavar="DIR", help="output directory (default: RUN_DIR/report)")
     p.set_defaults(func=_report)
 
+    p = add_command(
+        sub,
+        "view",
+        "show an image and segmentations in neuroglancer, served on this machine",
+        "Serve a neuroglancer viewer of IMG with each SEG as a segmentation layer, print its "
+        "URL and serve until Ctrl-C. Binds to 127.0.0.1 by default (use ssh -L PORT:127.0.0.1:PORT "
+        "to look from another machine). Needs the optional extra: pip install 'neuroflood[viewer]'. "
+        f"Volume specs: {FORMATS_HELP}.",
+    )
+    p.add_argument("image", metavar="IMG", help="image volume spec")
+    p.add_argument("segs", metavar="SEG", nargs="*", help="segmentation volume specs (integer labels)")
+    p.add_argument("--bind", default="127.0.0.1", help="address to serve on (0.0.0.0 exposes it to the network)")
+    p.add_argument("--port", type=int, default=0, help="port (0: any free port)")
+    p.add_argument("--voxel-size", metavar="Z,Y,X", help="voxel size in nm (default: from the volume, else 1,1,1)")
+    p.add_argument("--max-memory-mb", type=float, default=2048, help="load volumes up to this size; read larger ones lazily")
+    p.set_defaults(func=_view)
+
 
 def _evaluate(args: argparse.Namespace) -> int:
     from ..bbox import BoundingBox
@@ -93,3 +110,23 @@ def _report(args: argparse.Namespace) -> int:
     shown = ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k in ("step", "loss", "f1") and isinstance(v, (int, float)))
     print(f"{summary['n_records']} records ({shown}); wrote {out}/report.html, report.md")
     return 0
+
+
+def _view(args: argparse.Namespace) -> int:
+    from .viewer import serve
+
+    voxel_size = _positive_floats(args.voxel_size, "--voxel-size") if args.voxel_size else None
+    serve(args.image, args.segs, bind=args.bind, port=args.port, voxel_size=voxel_size, max_memory_mb=args.max_memory_mb)
+    return 0
+
+
+def _positive_floats(text: str, name: str) -> tuple[float, float, float]:
+    from ..errors import ConfigError
+
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or not all(v > 0 for v in values):
+        raise ConfigError(f"{name} {text!r} is not three positive numbers z,y,x (e.g. 40,8,8)")
+    return values

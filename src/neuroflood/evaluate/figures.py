@@ -124,8 +124,12 @@ def overlay_figure(
     columns = ["image", "ground truth", "segmentation (matched colours)", "error map"]
     if image is None:
         columns = columns[1:]
-    fig = Figure(figsize=(4.0 * len(columns), 12.4), layout="constrained")
-    axes = fig.subplots(3, len(columns), squeeze=False)
+    # row heights follow the planes' physical aspect (yx: y/x, zx: z/x, zy: z/y)
+    extent = [s * v for s, v in zip(gt.shape, voxel_size)]
+    ratios = [extent[1] / extent[2], extent[0] / extent[2], extent[0] / extent[1]]
+    ratios = [min(2.0, max(0.25, r)) for r in ratios]
+    fig = Figure(figsize=(4.0 * len(columns), 4.0 * sum(ratios) + 1.6), layout="constrained")
+    axes = fig.subplots(3, len(columns), squeeze=False, gridspec_kw={"height_ratios": ratios})
     for row, (plane, axis) in enumerate(PLANES):
         cut = _plane_index(axis, center[axis])
         img = None if image is None else np.asarray(image[cut])

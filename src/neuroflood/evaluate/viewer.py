@@ -1,0 +1,129 @@
+"""``neuroflood view IMG [SEG …]``: look at volumes in neuroglancer, served from this machine.
+
+Any volume spec that :func:`~neuroflood.volume.open_volume` reads works. Volumes up to
+``max_memory_mb`` are loaded into memory (neuroglancer then also builds 3-D meshes of
+selected segments); larger ones are read lazily, chunk by chunk, as the browser asks.
+
+The server binds to 127.0.0.1 unless told otherwise: a remote user forwards the port
+(``ssh -L PORT:127.0.0.1:PORT host``) rather than exposing data on every interface. The
+neuroglancer client is served from the installed package, so no internet access is needed.
+neuroglancer is an optional dependency: ``pip install 'neuroflood[viewer]'``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import PurePath
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import ConfigError, DataError
+from ..volume import open_volume
+from .inputs import voxel_size_of
+
+__all__ = ["make_viewer", "serve"]
+
+
+def _neuroglancer() -> Any:
+    try:
+        import neuroglancer
+    except ImportError:
+        raise ConfigError("neuroglancer is not installed; run: pip install 'neuroflood[viewer]'") from None
+    return neuroglancer
+
+
+def make_viewer(
+    image: str,
+    segmentations: Sequence[str] = (),
+    bind: str = "127.0.0.1",
+    port: int = 0,
+    voxel_size: Sequence[float] | None = None,
+    max_memory_mb: float = 2048,
+) -> tuple[Any, str]:
+    """Start a neuroglancer viewer showing ``image`` and ``segmentations``; returns (viewer, url).
+
+    Parameters
+    ----------
+    image, segmentations : str
+        Volume specs; segmentations must have integer dtypes.
+    bind, port : str, int
+        Address and port of the server (port 0: any free port).
+    voxel_size : sequence of 3 floats, optional
+        z, y, x in nm; default: the image's ``resolution_nm_zyx`` attribute, else 1.
+    max_memory_mb : float
+        Volumes up to this size are loaded into memory; larger ones are read lazily.
+    """
+    ng = _neuroglancer()
+    img = open_volume(image)
+    segs = [open_volume(s) for s in segmentations]
+    for spec, vol in zip([image, *segmentations], [img, *segs]):
+        if len(vol.shape) != 3:
+            raise DataError(f"{spec} has shape {tuple(vol.shape)}; neuroflood view shows 3-D (z,y,x) volumes")
+    for spec, vol in zip(segmentations, segs):
+        if vol.dtype.kind not in "iu":
+            raise DataError(f"segmentation {spec} has dtype {vol.dtype}, not integer labels; give a label volume")
+    size = tuple(voxel_size) if voxel_size is not None else voxel_size_of(img, *segs)
+    dims = ng.CoordinateSpace(names=["z", "y", "x"], units="nm", scales=list(size))
+    # Volumes are z,y,x; the display space is x,y,z so that the main panel shows yx sections
+    # with x across, as EM viewers do (layers map onto it by dimension name).
+    display = ng.CoordinateSpace(names=["x", "y", "z"], units="nm", scales=list(size[::-1]))
+
+    ng.set_server_bind_address(bind, port)
+    viewer = ng.Viewer()
+    names: set[str] = set()
+    with viewer.txn() as state:
+        state.dimensions = display
+        state.layers[_unique_name(image, names)] = ng.ImageLayer(
+            source=ng.LocalVolume(_data(img, max_memory_mb), dimensions=dims, volume_type="image")
+        )
+        for spec, vol in zip(segmentations, segs):
+            state.layers[_unique_name(spec, names)] = ng.SegmentationLayer(
+                source=ng.LocalVolume(_segmentation_data(vol, max_memory_mb), dimensions=dims, volume_type="segmentation")
+            )
+        state.position = [s / 2 for s in img.shape[::-1]]
+        state.layout = "4panel"
+        # zoom so that the volume fills a ~400-pixel panel (the default is 1 voxel per pixel)
+        state.cross_section_scale = max(img.shape) / 400
+        state.projection_scale = 1.5 * max(img.shape)
+    return viewer, viewer.get_viewer_url()
+
+
+def serve(image: str, segmentations: Sequence[str] = (), **kwargs: Any) -> None:
+    """Start the viewer, print its URL, and serve until interrupted (Ctrl-C)."""
+    _, url = make_viewer(image, segmentations, **kwargs)
+    print(url, flush=True)
+    print("serving; press Ctrl-C to stop", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("stopped", flush=True)
+
+
+def _unique_name(spec: str, taken: set[str]) -> str:
+    """A short layer name from a spec: the file name plus dataset, e.g. ``sample.h5:labels``."""
+    base = spec.rstrip("/" + os.sep)
+    base = base[len("precomputed://") :] if base.startswith("precomputed://") else base
+    name = PurePath(base).name or base
+    candidate, i = name, 2
+    while candidate in taken:
+        candidate, i = f"{name} ({i})", i + 1
+    taken.add(candidate)
+    return candidate
+
+
+def _data(vol: Any, max_memory_mb: float) -> Any:
+    if vol.size * vol.dtype.itemsize <= max_memory_mb * 2**20:
+        return np.ascontiguousarray(vol[...])
+    return vol  # read lazily: neuroglancer only slices it
+
+
+def _segmentation_data(vol: Any, max_memory_mb: float) -> Any:
+    data = _data(vol, max_memory_mb)
+    if isinstance(data, np.ndarray) and data.dtype not in (np.uint8, np.uint16, np.uint32, np.uint64):
+        if data.size and data.min() < 0:
+            raise DataError(f"segmentation {vol.spec} has negative labels; ids must be >= 0")
+        data = data.astype(np.uint64)  # neuroglancer segmentations are unsigned
+    return data
