@@ -126,10 +126,13 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
     layers: list[dict[str, Any]] = []
     run_dir = a.get("run_dir")
     resume = a.get("resume")
-    if run_dir and resume is not False and (Path(run_dir) / "config.json").exists():
+    if run_dir:
         from .checkpoint import latest_checkpoint
 
-        if latest_checkpoint(run_dir) is not None:
+        latest = latest_checkpoint(run_dir)
+        if latest is not None and resume is False:
+            raise ConfigError(f"{run_dir} already holds checkpoints (latest {latest.name}); resume it (--resume) or choose a new --run-dir")
+        if latest is not None and (Path(run_dir) / "config.json").exists():
             layers.append(load_config_file(Path(run_dir) / "config.json"))
     if "config" in a:
         layers.append(load_config_file(a["config"]))

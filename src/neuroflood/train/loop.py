@@ -327,6 +327,12 @@ def train(
     optimizer = build_optimizer(model.parameters(), config)
     step, elapsed = 0, 0.0
     if state:
+        if state.get("optimizer_name") != config.optimizer:
+            raise ConfigError(
+                f"the checkpoint holds {state.get('optimizer_name')} optimizer state, the run asks for "
+                f"{config.optimizer}; resume with --optimizer {state.get('optimizer_name')} or start a new --run-dir "
+                "(--init-from CHECKPOINT/model keeps the weights)"
+            )
         optimizer.load_state_dict(state["optimizer"])
         step, elapsed = int(state["step"]), float(state["elapsed_s"])
         gen_states = state["generators"]
@@ -363,6 +369,7 @@ def train(
                 "step": step,
                 "elapsed_s": elapsed,
                 "optimizer": optimizer.state_dict(),
+                "optimizer_name": config.optimizer,
                 "generators": states,
                 "torch_rng": torch.get_rng_state(),
                 "config": config.to_json(),
