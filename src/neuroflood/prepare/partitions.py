@@ -514,6 +514,10 @@ def partition_volume(
         raise DataError(f"mask shape {tuple(mask.shape)} differs from {name} shape {shape}; give a mask of the same size")
     core = params.core_box(shape)
     whole = BoundingBox.from_shape(shape)
+    if whole.volume <= math.prod(b + 2 * r for b, r in zip(block_shape, params.lom_radius)):
+        # Small enough for one block with its halo: read once instead of once per pass.
+        labels = np.asarray(labels[whole.to_slices()])
+        mask = None if mask is None else np.asarray(mask[whole.to_slices()])
     size_blocks = list(iter_blocks(whole, block_shape))
     sizes = []
     for box in tqdm(size_blocks, desc=f"{name}: label sizes", unit="block", disable=not progress):

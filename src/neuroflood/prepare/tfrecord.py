@@ -27,7 +27,7 @@ from typing import BinaryIO, Iterator, Sequence
 import numpy as np
 
 from ..errors import DataError
-from ..protowire import encode_field, encode_varint, iter_fields, masked_crc32c
+from ..protowire import encode_field, encode_varint, iter_fields, masked_crc32c, read_varint
 
 _GZIP_MAGIC = b"\x1f\x8b"
 
@@ -180,8 +180,7 @@ def _int64_list(feature: bytes) -> list[int]:
 
 
 def _varint(buf: bytes, pos: int) -> tuple[int, int]:
-    from ..protowire import read_varint
-
+    """A signed int64 varint (negative values take 10 bytes, two's complement)."""
     value, pos = read_varint(buf, pos)
     return (value if value < 1 << 63 else value - (1 << 64)), pos
 
