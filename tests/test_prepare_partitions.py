@@ -104,26 +104,31 @@ volumes = st.tuples(st.integers(3, 9), st.integers(3, 9), st.integers(3, 9)).fla
     st.integers(0, 40),
     st.booleans(),
     st.integers(2, 5),
+    st.booleans(),
 )
-def test_fast_equals_slow_per_voxel(volume, thresholds, min_size, with_mask, block):
+def test_fast_equals_slow_per_voxel(volume, thresholds, min_size, with_mask, block, with_extras):
     shape, seed, radius, margin = volume
     rng = np.random.default_rng(seed)
     # Blobby labels: a few ids, runs along x so that fractions vary.
     labels = rng.integers(0, 5, shape).astype(np.uint64)
     labels = np.repeat(labels[:, :, ::2], 2, axis=2)[:, :, : shape[2]]
     mask = rng.random(shape) < 0.03 if with_mask else None
+    whitelist = [1, 2, 4] if with_extras else None
+    spheres = [tuple(int(rng.integers(0, s)) for s in shape) + (int(rng.integers(0, 3)),)] if with_extras else []
     thresholds = sorted(thresholds)
-    expected = slow_partitions(labels, radius, thresholds, min_size, margin, mask)
-    kept = [i for i, n in zip(*np.unique(labels, return_counts=True)) if i != 0 and n >= min_size]
+    expected = slow_partitions(labels, radius, thresholds, min_size, margin, mask, whitelist, spheres)
+    extras = {"id_whitelist": whitelist, "exclusion_regions": spheres}
+    kept = [i for i, n in zip(*np.unique(labels, return_counts=True))
+            if i != 0 and n >= min_size and (whitelist is None or i in whitelist)]
     if not kept:
         with pytest.raises(DataError):
-            compute_partitions(labels, radius, thresholds, min_size, margin, mask)
+            compute_partitions(labels, radius, thresholds, min_size, margin, mask, **extras)
         return
-    got = compute_partitions(labels, radius, thresholds, min_size, margin, mask)
+    got = compute_partitions(labels, radius, thresholds, min_size, margin, mask, **extras)
     np.testing.assert_array_equal(got, expected)
     # Blockwise with tiny blocks gives the same array.
     out = np.full(shape, IGNORE, np.uint8)
-    params = PartitionParams.make(radius, thresholds, min_size, margin)
+    params = PartitionParams.make(radius, thresholds, min_size, margin, whitelist, spheres)
     totals = partition_volume(labels, out, params, mask, block_shape=(block,) * 3, progress=False)
     np.testing.assert_array_equal(out, expected)
     assert totals.tolist() == np.bincount(expected.ravel(), minlength=256).tolist()
