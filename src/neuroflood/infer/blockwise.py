@@ -352,3 +352,26 @@ def segment_blockwise(
 
 class BlockFailures(NeurofloodError):
     """Some blocks raised; the job exits non-zero after the others finished."""
+
+
+class FFNBlockSegmenter:
+    """Segments a block with the FFN Canvas (:func:`neuroflood.infer.segment.segment_subvolume`).
+
+    The image handed in includes ``context`` = half the FOV on every side (clipped at the
+    volume's edges), so that seeds and FOV centres can reach the block's faces exactly as in a
+    single-subvolume run; the result is cropped to the block.
+    """
+
+    def __init__(self, model: Any, request: Any):
+        self.model = model
+        self.request = request
+        self.context = tuple(int(f) // 2 for f in model.config.fov_size)
+
+    def __call__(self, image: np.ndarray, block: BoundingBox) -> tuple[np.ndarray, dict]:
+        from .segment import segment_subvolume
+
+        result = segment_subvolume(self.model, image, self.request)
+        seg = result.segmentation[block.to_slices()]
+        counters = {k: v for k, v in result.counters.items() if isinstance(v, (int, float))}
+        counters["fov_evaluations"] = int(result.fov_evaluations)
+        return seg, counters
