@@ -116,10 +116,12 @@ def overlay_figure(
     center: Sequence[int],
     voxel_size: Sequence[float] = (1.0, 1.0, 1.0),
     title: str = "",
+    offset: Sequence[int] = (0, 0, 0),
 ) -> Figure:
     """Ortho-slices through ``center`` (z, y, x): image, ground truth, segmentation, error map.
 
-    One row per plane (yx, zx, zy); ``image`` may be None (grey background then).
+    One row per plane (yx, zx, zy); ``image`` may be None (grey background then). ``center``
+    indexes the given volumes; labels show it plus ``offset`` (the region's start).
     """
     columns = ["image", "ground truth", "segmentation (matched colours)", "error map"]
     if image is None:
@@ -150,8 +152,9 @@ def overlay_figure(
             if row == 0:
                 ax.set_title(name, fontsize=13)
             if col == 0:
-                rows_axis, cols_axis = plane[0], plane[1]
-                ax.set_ylabel(f"{plane} plane, {'zyx'[axis]} = {center[axis]}\n← {rows_axis}", fontsize=11)
+                rows_axis = plane[0]
+                where = int(center[axis]) + int(offset[axis])
+                ax.set_ylabel(f"{plane} plane, {'zyx'[axis]} = {where}\n← {rows_axis}", fontsize=11)
             ax.set_xlabel(f"{plane[1]} →", fontsize=9)
     fig.legend(handles=_error_legend(), loc="outside lower center", ncol=5, fontsize=11, title="error map")
     if title:

@@ -216,6 +216,7 @@ def write_evaluation_report(
     overlay = overlay_figure(
         inputs.image, inputs.gt, inputs.seg, table, center, voxel_size,
         title="Ortho-slices through z,y,x = " + ", ".join(str(int(c + o)) for c, o in zip(center, offset)),
+        offset=inputs.offset,
     )
     report.figure(
         "ortho_slices",
