@@ -446,7 +446,9 @@ def compute_partitions(
 
     Examples
     --------
-    >>> labels = np.zeros((9, 9, 9), np.uint64); labels[:, :, 4:] = 7
+    >>> labels = np.zeros((9, 9, 9), np.uint64)
+    >>> labels[:, :, 4:] = 7  # a slab: fraction >= 0.5, class 2
+    >>> labels[:, 2, 1] = 3  # a thin line: fraction 3/27 < 0.5, class 1
     >>> p = compute_partitions(labels, lom_radius=1, thresholds=[0.5], min_size=0)
     >>> sorted(np.unique(p).tolist())
     [0, 1, 2, 255]
