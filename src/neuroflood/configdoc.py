@@ -22,6 +22,7 @@ from .config import Config
 CONFIG_MODULES = [
     "neuroflood.config",
     "neuroflood.train.config",
+    "neuroflood.prepare.config",
     "neuroflood.infer.config",
 ]
 
