@@ -1,16 +1,26 @@
-"""Training data preparation: partitions and class-balanced coordinates."""
+"""Training data preparation: partitions and class-balanced coordinates.
 
-from .coordfile import CoordinateSet, CoordinateShard, open_coordinates, write_coordinates
-from .coordinates import build_coordinates
-from .partitions import compute_partitions
-from .tfrecord import read_tfrecord_coordinates
+Imported lazily (PEP 562) so that the CLI starts without loading scipy and friends.
+"""
 
-__all__ = [
-    "CoordinateSet",
-    "CoordinateShard",
-    "open_coordinates",
-    "write_coordinates",
-    "compute_partitions",
-    "build_coordinates",
-    "read_tfrecord_coordinates",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_API = {
+    "CoordinateSet": "coordfile",
+    "CoordinateShard": "coordfile",
+    "open_coordinates": "coordfile",
+    "write_coordinates": "coordfile",
+    "compute_partitions": "partitions",
+    "build_coordinates": "coordinates",
+    "read_tfrecord_coordinates": "tfrecord",
+}
+__all__ = list(_API)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        return getattr(importlib.import_module(f"{__name__}.{_API[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
