@@ -122,3 +122,15 @@ def test_evaluate_rejects_bad_regions(tmp_path, capsys):
     assert "reaches outside ground truth" in capsys.readouterr().err
     assert main(base + ["--bbox", "0,0,0:5,5,5", "--at", "7,7,7"]) == 2
     assert "--at 7,7,7 lies outside" in capsys.readouterr().err
+
+
+def test_cropped_volume_indexes_like_an_array():
+    from neuroflood.bbox import BoundingBox
+    from neuroflood.evaluate.inputs import CroppedVolume
+
+    data = np.arange(6 * 7 * 8).reshape(6, 7, 8)
+    view = CroppedVolume(data, BoundingBox((1, 2, 3), (4, 4, 5)))
+    crop = data[1:5, 2:6, 3:8]
+    assert view.shape == (4, 4, 5)
+    for key in (..., (slice(None), 2), (1, slice(1, 3), ...), (slice(1, None), ..., 4), 3):
+        np.testing.assert_array_equal(view[key], crop[key])

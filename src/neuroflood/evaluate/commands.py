@@ -39,6 +39,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=100,
         help="an overlap counts towards a merge or split from this many voxels (ignores boundary jitter)",
     )
+    p.add_argument(
+        "--erl",
+        action="store_true",
+        help="also compute expected run length along ground-truth skeletons (needs the 'skeletons' extra: kimimaro)",
+    )
+    p.add_argument("--erl-dust-threshold", type=int, default=1000, help="skeletonize objects of at least this many voxels")
     p.set_defaults(func=_evaluate)
 
     p = add_command(
@@ -87,6 +93,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         center=center,
         n_errors=args.errors,
         min_error_voxels=args.min_error_voxels,
+        erl_dust_threshold=args.erl_dust_threshold if args.erl else None,
         progress=True,
     )
     print(
@@ -95,6 +102,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         f"(precision {result['rand_precision']:.4f}, recall {result['rand_recall']:.4f}), "
         f"{result['n_segments']} segments, {result['n_gt_objects']} objects"
     )
+    if args.erl:
+        print(f"ERL {result['erl_nm']:.0f} nm of {result['erl_max_nm']:.0f} nm possible ({result['erl_fraction']:.3f})")
     print(f"wrote {args.out}/metrics.json, report.html, report.md")
     return 0
 

@@ -29,6 +29,9 @@ class CroppedVolume:
     def __getitem__(self, key: Any) -> np.ndarray:
         if not isinstance(key, tuple):
             key = (key,)
+        if Ellipsis in key:
+            i = key.index(Ellipsis)
+            key = key[:i] + (slice(None),) * (len(self.shape) - len(key) + 1) + key[i + 1 :]
         key = key + (slice(None),) * (3 - len(key))
         shifted = []
         for k, start, size in zip(key[:3], self.box.start, self.box.size):

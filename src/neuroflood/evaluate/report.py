@@ -161,11 +161,15 @@ def write_evaluation_report(
     center: Sequence[int] | None = None,
     n_errors: int = 10,
     min_error_voxels: int = 100,
+    erl_dust_threshold: int | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
     """Evaluate ``inputs`` (an :class:`~neuroflood.evaluate.inputs.EvaluationInputs`) and write
     metrics.json, report.html, report.md and PNGs into ``out_dir``. Returns the metrics.json
     content.
+
+    With ``erl_dust_threshold``, also the expected run length along ground-truth skeletons of
+    objects of at least that many voxels (needs kimimaro; see :mod:`.skeletons`).
     """
     from .figures import error_gallery_figure, overlay_figure, size_histogram_figure, to_png
     from .inputs import voxel_size_of
@@ -181,9 +185,16 @@ def write_evaluation_report(
     shape = inputs.shape
     center = tuple(int(c) for c in (center if center is not None else np.asarray(shape) // 2))
     voxel_size = voxel_size_of(inputs.image, inputs.gt)
+    erl = {}
+    if erl_dust_threshold is not None:
+        from .skeletons import expected_run_length, skeletonize_ground_truth
+
+        skeletons = skeletonize_ground_truth(inputs.gt, voxel_size, erl_dust_threshold, progress)
+        erl = expected_run_length(skeletons, inputs.seg, voxel_size)
 
     result = {
         **metrics,
+        **erl,
         "shape": list(shape),
         "offset_zyx": [int(v) for v in offset],
         "voxel_size_zyx": list(voxel_size),
@@ -194,6 +205,7 @@ def write_evaluation_report(
             "vi_split": "H(seg|gt), bits",
             "vi_merge": "H(gt|seg), bits",
             "min_error_voxels": min_error_voxels,
+            **({"erl_dust_threshold": erl_dust_threshold} if erl else {}),
         },
         "worst_merges": errors["merges"],
         "worst_splits": errors["splits"],
@@ -212,6 +224,14 @@ def write_evaluation_report(
         ["metric", "value", "meaning"],
         [[METRIC_DESCRIPTIONS[k][0], metrics[k], METRIC_DESCRIPTIONS[k][1]] for k in METRIC_DESCRIPTIONS],
     )
+    if erl:
+        report.heading("Expected run length along ground-truth skeletons")
+        report.paragraph(
+            f"TEASAR skeletons (kimimaro) of the {erl['n_skeletons']} objects of at least {erl_dust_threshold} voxels, "
+            "in nm. An edge is correct when both nodes lie in one non-zero segment that holds no other "
+            "skeleton's nodes; ERL = Σ(correct piece length)² / Σ(skeleton length)."
+        )
+        report.table(["metric", "value"], [[k, v] for k, v in erl.items()])
     report.heading("Ortho-slices")
     overlay = overlay_figure(
         inputs.image, inputs.gt, inputs.seg, table, center, voxel_size,
