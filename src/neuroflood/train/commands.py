@@ -28,6 +28,7 @@ _SCALARS: list[tuple[str, str, Callable[[str], Any]]] = [
     ("--seed", "seed", int),
     ("--batch-size", "batch_size", int),
     ("--max-steps", "max_steps", int),
+    ("--max-train-seconds", "max_train_seconds", float),
     ("--optimizer", "optimizer", str),
     ("--learning-rate", "learning_rate", float),
     ("--momentum", "momentum", float),

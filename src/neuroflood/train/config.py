@@ -86,6 +86,9 @@ class TrainConfig(Config):
     decay_steps: int | None = Field(None, ge=1, description="steps per decay stage (needs lr_decay_factor)")
     grad_clip: float | None = Field(0.7, gt=0, description="element-wise gradient clip magnitude; null disables")
     max_steps: int = Field(10000, ge=0, description="stop after this many optimizer steps")
+    max_train_seconds: float | None = Field(
+        None, gt=0, description="also stop once this much training time (time_s in metrics.jsonl) has passed"
+    )
     emulate_workers: int = Field(
         1, ge=1, description="average the gradients of N example generators per step (emulated data-parallel workers)"
     )

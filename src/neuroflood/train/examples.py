@@ -513,9 +513,20 @@ class ExampleGenerator:
     train : bool
         ``False`` for evaluation: coordinates in file order, each used once, no augmentation;
         batches shrink when the coordinates run out.
+    pin_memory : bool
+        Page-lock the batch buffers (when training on a GPU).
     """
 
-    def __init__(self, config: TrainConfig, source: PatchSource, shard: CoordinateShard, tracker: EvalTracker, worker: int = 0, train: bool = True):
+    def __init__(
+        self,
+        config: TrainConfig,
+        source: PatchSource,
+        shard: CoordinateShard,
+        tracker: EvalTracker,
+        worker: int = 0,
+        train: bool = True,
+        pin_memory: bool = False,
+    ):
         self.config, self.source, self.shard, self.tracker = config, source, shard, tracker
         self.train = train
         self.fov = tuple(config.model.fov_size)
@@ -529,7 +540,8 @@ class ExampleGenerator:
         proto = make_policy(config, policy_rng)
         self.slots = [_Slot(policy=_clone_policy(proto)) for _ in range(config.batch_size)]
         b, f = config.batch_size, self.fov
-        self._buffers = [torch.empty((b, 1) + f, dtype=torch.float32) for _ in range(4)]
+        # Reused every step (no per-step allocation); pinned for fast copies to a GPU.
+        self._buffers = [torch.empty((b, 1) + f, dtype=torch.float32, pin_memory=pin_memory) for _ in range(4)]
         self._active: list[int] = []
 
     # -- examples ------------------------------------------------------------------------------

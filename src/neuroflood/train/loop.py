@@ -298,7 +298,7 @@ def train(
     for w in range(rank * workers, (rank + 1) * workers):
         shard = coords.shard(w, world * workers)
         source.check(shard, config.coords)
-        generators.append(ExampleGenerator(config, source, shard, tracker, worker=w))
+        generators.append(ExampleGenerator(config, source, shard, tracker, worker=w, pin_memory=device.type == "cuda"))
     if config.eval_coords and is_main:
         eval_coords = open_coordinates(config.eval_coords)
         _source_for(source, eval_coords.volume_names).check(eval_coords.shard(0, 1), config.eval_coords)
@@ -395,13 +395,16 @@ def train(
 
     from tqdm import tqdm
 
-    bar = tqdm(total=config.max_steps, initial=step, disable=not (config.progress and is_main), file=sys.stderr, unit="step", dynamic_ncols=True)
+    bar = tqdm(total=None if config.max_train_seconds else config.max_steps, initial=step, disable=not (config.progress and is_main), file=sys.stderr, unit="step", dynamic_ncols=True)
     t_interval, steps_interval = time.perf_counter(), 0
     last_summary = last_checkpoint = last_eval = time.perf_counter()
     smoothed_loss = None
     try:
         with _StopFlag() as stop:
-            while step < config.max_steps and stop.signal is None:
+            def out_of_time() -> bool:
+                return config.max_train_seconds is not None and elapsed >= config.max_train_seconds
+
+            while step < config.max_steps and stop.signal is None and not out_of_time():
                 t_step = time.perf_counter()
                 lr = learning_rate(step, config)
                 batches = [g.next_batch() for g in generators]
@@ -453,7 +456,7 @@ def train(
                 result.last_train = summarize("train", metrics, steps_interval * fovs_per_step / max(now - t_interval, 1e-9), list(tracker.images))
             if saved_step != step:
                 result.checkpoint = checkpoint() or result.checkpoint
-            if stop.signal is None and config.eval_coords:
+            if stop.signal is None and config.eval_coords and result.last_eval.get("step") != step:
                 run_eval()
     finally:
         bar.close()
