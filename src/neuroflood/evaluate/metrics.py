@@ -399,8 +399,9 @@ def _majority_maps(table: Contingency) -> tuple[tuple[np.ndarray, np.ndarray], t
     """
     ok = table.seg != 0
     seg_ids, seg_main = _argmax_by_group(table.seg[ok], table.gt[ok], table.count[ok])
-    seg_ids = np.concatenate([[0], seg_ids]).astype(np.uint64)
-    seg_main = np.concatenate([[0], seg_main]).astype(np.uint64)
+    zero = np.zeros(1, np.uint64)  # not [0]: int64 + uint64 would promote to float64 and round big ids
+    seg_ids = np.concatenate([zero, seg_ids])
+    seg_main = np.concatenate([zero, seg_main])
     gt_ids, gt_main = _argmax_by_group(table.gt[ok], table.seg[ok], table.count[ok])
     all_gt = np.unique(table.gt)
     full = np.zeros(len(all_gt), np.uint64)
