@@ -15,7 +15,7 @@ from neuroflood.errors import DataError
 from neuroflood.evaluate.training_report import read_metrics_log, write_training_report
 
 
-def make_run(run: Path, steps: int = 300, samples: bool = True, truncated_tail: bool = False) -> Path:
+def make_run(run: Path, steps: int = 300, samples: bool = True, truncated_tail: bool = False, lr_key: str = "lr") -> Path:
     """A run directory like the trainer writes: metrics.jsonl, config.json, samples/*.npz."""
     run.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
@@ -25,7 +25,7 @@ def make_run(run: Path, steps: int = 300, samples: bool = True, truncated_tail: 
         loss = 0.7 * np.exp(-step / 120) + 0.1 + 0.03 * rng.random()
         f1 = 1 - loss
         rec = dict(step=step, time_s=0.5 * step, split="train", fovs_per_s=40 + rng.random(), loss=loss,
-                   accuracy=1 - loss / 3, precision=f1 + 0.02, recall=f1 - 0.02, f1=f1, lr=lr)
+                   accuracy=1 - loss / 3, precision=f1 + 0.02, recall=f1 - 0.02, f1=f1, **{lr_key: lr})
         lines.append(json.dumps(rec))
         if step % 50 == 0:
             lines.append(json.dumps({**rec, "split": "eval", "loss": loss + 0.05, "f1": f1 - 0.05}))
@@ -106,3 +106,14 @@ def test_bad_metrics_logs(tmp_path, content, message):
 def test_cli_error_for_missing_run_dir(tmp_path, capsys):
     assert main(["report", str(tmp_path / "nope")]) == 2
     assert "neuroflood: error: run directory" in capsys.readouterr().err
+
+
+def test_learning_rate_key_and_null_values(tmp_path):
+    """`neuroflood train` writes ``learning_rate`` and ``null`` for undefined metrics."""
+    run = make_run(tmp_path / "run", samples=False, lr_key="learning_rate")
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"step": 300, "time_s": 150.0, "split": "train", "fovs_per_s": 40.0, "loss": 0.2,
+                            "accuracy": None, "precision": None, "recall": None, "f1": None, "learning_rate": 1e-3}) + "\n")
+    summary = write_training_report(run)
+    assert (run / "report" / "lr_schedule.png").exists()
+    assert summary["last"]["train"]["learning_rate"] == 1e-3 and summary["last"]["train"]["f1"] is None

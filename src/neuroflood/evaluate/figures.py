@@ -37,7 +37,7 @@ __all__ = [
 # (name, axis cut, axes shown as rows/cols) for the three ortho planes, in z, y, x order.
 PLANES = (("yx", 0), ("zx", 1), ("zy", 2))
 
-_CURVE_TITLES = {"f1": "F1", "fovs_per_s": "FOVs/s", "lr": "learning rate"}
+_CURVE_TITLES = {"f1": "F1", "fovs_per_s": "FOVs/s", "lr": "learning rate", "learning_rate": "learning rate"}
 
 # Okabe–Ito colour-blind-safe colours for the error classes of metrics.ERROR_CLASSES.
 ERROR_COLORS = {

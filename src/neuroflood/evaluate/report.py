@@ -281,6 +281,8 @@ def _coord(e: dict) -> str:
 
 
 def _fmt(v: Any) -> str:
+    if v is None:
+        return "—"
     if isinstance(v, (float, np.floating)):
         return f"{v:.4f}"
     if isinstance(v, (int, np.integer)) and not isinstance(v, bool):

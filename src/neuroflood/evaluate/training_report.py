@@ -5,7 +5,8 @@ Reads (the contract with the trainer):
 ``RUN_DIR/metrics.jsonl``
     One JSON object per line with at least ``step``, ``time_s`` (wall seconds since the run
     started), ``split`` (``"train"`` or ``"eval"``), ``fovs_per_s``, ``loss``, ``accuracy``,
-    ``precision``, ``recall``, ``f1``; optionally ``lr``. Missing values are skipped; a
+    ``precision``, ``recall``, ``f1``; optionally ``lr`` (or ``learning_rate``). Missing or
+    null values are skipped; a
     truncated last line (a run still writing) is ignored.
 ``RUN_DIR/config.json``
     The run's configuration (optional), shown as a table.
@@ -35,6 +36,7 @@ from .report import Report
 __all__ = ["read_metrics_log", "write_training_report", "CURVE_METRICS"]
 
 CURVE_METRICS = ("loss", "accuracy", "precision", "recall", "f1", "fovs_per_s")
+LR_KEYS = ("lr", "learning_rate")  # the contract's name, and the one neuroflood train writes
 MAX_SAMPLES = 6
 
 
@@ -94,7 +96,8 @@ def write_training_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike
                 "Train: per-step values (light) and their running mean (dark); eval: held-out evaluations. "
                 "Accuracy, precision, recall and F1 are voxel metrics of the predicted object mask (p > 0.5).",
             )
-    lr = _series(records, "step", keys=("lr",), splits=("train",))
+    lr_key = next((k for k in LR_KEYS if any(k in r for r in records)), "lr")
+    lr = _series(records, "step", keys=(lr_key,), splits=("train",))
     if lr:
         report.heading("Learning-rate schedule")
         report.figure("lr_schedule", to_png(curves_figure(lr, "step", "Learning rate", ncols=1, smooth=False)), "Learning rate against step.")
@@ -161,7 +164,7 @@ def _hours(records: list[dict]) -> bool:
 
 
 def _summary(records: list[dict]) -> dict[str, Any]:
-    keys = ("step", "time_s", *CURVE_METRICS, "lr")
+    keys = ("step", "time_s", *CURVE_METRICS, *LR_KEYS)
     last = {}
     for split in ("train", "eval"):
         recs = [r for r in records if r.get("split", "train") == split]
