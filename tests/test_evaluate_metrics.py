@@ -147,6 +147,9 @@ def test_unsegmented_voxels_are_singletons():
     assert m["vi_split"] == pytest.approx(0.75 * np.log2(64 / 48) + 16 / 64 * 6)
     assert m["segmented_fraction"] == 0.75 and m["n_unsegmented_voxels"] == 16
     assert m["rand_recall"] == pytest.approx(48 * 47 / (64 * 63)) and m["rand_precision"] == 1.0
+    # without the coverage term the segmentation is perfect
+    assert m["vi_split_segmented"] == m["vi_merge_segmented"] == m["adapted_rand_error_segmented"] == 0
+    assert _metrics(np.zeros_like(seg), gt)["vi_split_segmented"] is None
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -159,6 +162,10 @@ def test_random_volumes_agree_with_independent_computation(seed):
     ref = _brute_force(seg, gt)
     for key, value in ref.items():
         assert m[key] == pytest.approx(value, rel=1e-10, abs=1e-12), key
+    only = _brute_force(seg, np.where(seg == 0, 0, gt))  # unsegmented voxels dropped
+    assert m["vi_split_segmented"] == pytest.approx(only["vi_split"])
+    assert m["vi_merge_segmented"] == pytest.approx(only["vi_merge"])
+    assert m["adapted_rand_error_segmented"] == pytest.approx(only["adapted_rand_error"])
     # scikit-image on the explicit-singleton labelling agrees too
     explicit = _explicit_singletons(seg, gt)
     split, merge = variation_of_information(gt, explicit, ignore_labels=(0,))

@@ -167,7 +167,9 @@ def segmentation_metrics(table: Contingency) -> dict[str, Any]:
     Returns a flat dict (the contract of ``metrics.json``): ``vi_split``, ``vi_merge``,
     ``vi``, ``adapted_rand_error``, ``rand_precision``, ``rand_recall``, ``rand_f1``,
     ``voxel_accuracy``, ``voxel_precision``, ``voxel_recall``, ``voxel_f1``,
-    ``segmented_fraction``, ``n_segments``, ``n_gt_objects``, ``n_voxels``,
+    ``segmented_fraction``, ``vi_split_segmented``, ``vi_merge_segmented``,
+    ``adapted_rand_error_segmented`` (the same over segmented voxels only, without the
+    coverage term), ``n_segments``, ``n_gt_objects``, ``n_voxels``,
     ``n_labelled_voxels``, ``n_unsegmented_voxels``, ``n_unlabelled_segmented_voxels``.
 
     Voxel metrics score object masks by majority overlap: a segment's voxels are correct
@@ -177,28 +179,13 @@ def segmentation_metrics(table: Contingency) -> dict[str, Any]:
     voxels that are both.
     """
     n = table.n_labelled
-    gt_ids, gt_size = table.gt_sizes()
-    seg_ids, seg_size = table.seg_sizes()
+    gt_ids, _ = table.gt_sizes()
     segmented = table.seg != 0
-    joint = table.count[segmented].astype(np.float64)
     unsegmented = int(table.count[~segmented].sum())
-
-    # VI (bits). Unsegmented voxels are singletons: each adds (1/n) log2(t_k) to H(seg|gt), 0 to H(gt|seg).
-    t_of_pair = gt_size[np.searchsorted(gt_ids, table.gt)].astype(np.float64)
-    s_of_pair = seg_size[np.searchsorted(seg_ids, table.seg[segmented])].astype(np.float64)
-    vi_split = float(
-        np.sum(joint * np.log2(t_of_pair[segmented] / joint))
-        + np.sum(table.count[~segmented] * np.log2(t_of_pair[~segmented]))
-    ) / n
-    vi_merge = float(np.sum(joint * np.log2(s_of_pair / joint))) / n
-
-    # Adapted Rand over pairs of distinct voxels; singletons form no pair.
-    pairs_joint = float(np.sum(joint * (joint - 1)))
-    pairs_seg = float(np.sum(seg_size.astype(np.float64) * (seg_size - 1)))
-    pairs_gt = float(np.sum(gt_size.astype(np.float64) * (gt_size - 1)))
-    rand_precision = pairs_joint / pairs_seg if pairs_seg else 1.0
-    rand_recall = pairs_joint / pairs_gt if pairs_gt else 1.0
+    vi_split, vi_merge, rand_precision, rand_recall = _vi_and_rand(table.gt, table.seg, table.count)
     rand_f1 = _f1(rand_precision, rand_recall)
+    # The same over segmented voxels only: shape errors without the coverage term.
+    only = _vi_and_rand(table.gt[segmented], table.seg[segmented], table.count[segmented]) if segmented.any() else None
 
     main_gt, main_seg = _majority_maps(table)
     is_main_gt = table.gt == main_gt[1][np.searchsorted(main_gt[0], table.seg)]
@@ -221,6 +208,9 @@ def segmentation_metrics(table: Contingency) -> dict[str, Any]:
         "voxel_recall": voxel_recall,
         "voxel_f1": _f1(voxel_precision, voxel_recall),
         "segmented_fraction": n_segmented / n,
+        "vi_split_segmented": only[0] if only else None,  # None: nothing segmented
+        "vi_merge_segmented": only[1] if only else None,
+        "adapted_rand_error_segmented": 1.0 - _f1(only[2], only[3]) if only else None,
         "n_segments": table.n_segments,
         "n_gt_objects": int(len(gt_ids)),
         "n_voxels": int(np.prod(table.shape)),
@@ -317,6 +307,30 @@ def evaluate_segmentation(
 
 
 # -- helpers ----------------------------------------------------------------------------------
+def _vi_and_rand(gt: np.ndarray, seg: np.ndarray, count: np.ndarray) -> tuple[float, float, float, float]:
+    """(H(seg|gt), H(gt|seg)) in bits and Rand (precision, recall) of a contingency table.
+
+    Pairs with ``seg == 0`` are unsegmented voxels, each its own one-voxel segment.
+    """
+    n = float(count.sum())
+    gt_ids, gt_size = _group_sum(gt, count)
+    segmented = seg != 0
+    seg_ids, seg_size = _group_sum(seg[segmented], count[segmented])
+    joint = count[segmented].astype(np.float64)
+    t = gt_size[np.searchsorted(gt_ids, gt)].astype(np.float64)
+    s = seg_size[np.searchsorted(seg_ids, seg[segmented])].astype(np.float64)
+    # A singleton adds (1/n) log2(t_k) to H(seg|gt) and nothing to H(gt|seg).
+    vi_split = float(np.sum(joint * np.log2(t[segmented] / joint)) + np.sum(count[~segmented] * np.log2(t[~segmented]))) / n
+    vi_merge = float(np.sum(joint * np.log2(s / joint))) / n
+    # Pairs of distinct voxels; singletons form no pair.
+    pairs_joint = float(np.sum(joint * (joint - 1)))
+    pairs_seg = float(np.sum(seg_size.astype(np.float64) * (seg_size - 1)))
+    pairs_gt = float(np.sum(gt_size.astype(np.float64) * (gt_size - 1)))
+    precision = pairs_joint / pairs_seg if pairs_seg else 1.0
+    recall = pairs_joint / pairs_gt if pairs_gt else 1.0
+    return vi_split, vi_merge, precision, recall
+
+
 def _name(vol: Any) -> str:
     return repr(getattr(vol, "spec", "(array)"))
 
