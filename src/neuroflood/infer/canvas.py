@@ -25,6 +25,7 @@ from typing import Any, Callable, Protocol, Sequence
 import numpy as np
 from scipy.special import expit
 
+from ..errors import CheckpointError
 from .config import InferenceOptions, logit
 from .movement import MOVEMENT_POLICIES, FaceMaxMovementPolicy, MovementRestrictor, Position
 from .seeds import SeedPolicy, make_seed_policy
@@ -322,6 +323,10 @@ class Canvas:
                 and self.restrictor.is_valid_pos(pos)
                 and self.restrictor.is_valid_seed(pos)
             ):
+                if partial:
+                    raise CheckpointError(
+                        f"the checkpoint's object in flight starts at an invalid seed {pos}; delete the checkpoint"
+                    )
                 self.count("seed_policy_items")
                 continue
             if not partial:
@@ -333,7 +338,7 @@ class Canvas:
             lo = np.array(pos) - mbd
             hi = np.array(pos) + mbd + 1
             box = tuple(slice(max(int(a), 0), int(b)) for a, b in zip(lo, hi))
-            if np.any(self.segmentation[box] > 0):
+            if np.any(self.segmentation[box] > 0) and not partial:
                 self.count("rejected_boundary_dist")
                 self.segmentation[pos] = -1
                 continue
