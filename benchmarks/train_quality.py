@@ -93,7 +93,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", choices=["synthetic", "fib25", "both"], default="both")
     ap.add_argument("--minutes", type=float, default=10.0, help="training time per dataset")
+    ap.add_argument("--steps", type=int, default=None, help="train for this many steps instead of --minutes")
     ap.add_argument("--eval-every-secs", type=float, default=60.0, help="training seconds between evaluations")
+    ap.add_argument("--eval-every-steps", type=int, default=None, help="evaluate every N steps instead")
     ap.add_argument("--eval-examples", type=int, default=64)
     ap.add_argument("--optimizer", default="adam")
     ap.add_argument("--learning-rate", type=float, default=1e-3)
@@ -117,6 +119,7 @@ def main() -> int:
         "model": SMALL,
         "optimizer": args.optimizer,
         "learning_rate": args.learning_rate,
+        "budget": f"{args.steps} steps" if args.steps else f"{args.minutes} min of training time",
         "runs": {},
     }
     with tempfile.TemporaryDirectory(prefix="nf-quality-") as tmp:
@@ -134,9 +137,10 @@ def main() -> int:
                     "model": ModelConfig.parse_spec(SMALL),
                     "optimizer": args.optimizer,
                     "learning_rate": args.learning_rate,
-                    "max_steps": 10**9,
-                    "max_train_seconds": args.minutes * 60,
-                    "eval_every_secs": args.eval_every_secs,
+                    "max_steps": args.steps or 10**9,
+                    "max_train_seconds": None if args.steps else args.minutes * 60,
+                    "eval_every_secs": None if args.eval_every_steps else args.eval_every_secs,
+                    "eval_every_steps": args.eval_every_steps,
                     "eval_examples": args.eval_examples,
                     "summary_every_secs": 30.0,
                     "checkpoint_every_secs": None,
