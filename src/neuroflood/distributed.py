@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import socket
 import sys
 from dataclasses import dataclass
@@ -92,7 +93,13 @@ def init_distributed(device: str = "auto", timeout_s: float = 1800) -> DistInfo:
         return DistInfo(device=dev)
     backend = "nccl" if use_cuda else "gloo"
     if not dist.is_initialized():
-        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+        timeout = timedelta(seconds=timeout_s)
+        store, rank, world = next(dist.rendezvous("env://", timeout=timeout))
+        # torchrun keeps its store across restarts: without a namespace per attempt, restarted
+        # workers would read the dead workers' gloo addresses and fail to connect.
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        store = dist.PrefixStore(f"neuroflood/attempt-{attempt}", store)
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout)
     return DistInfo(rank, world, local_rank, dev, backend)
 
 
@@ -106,17 +113,42 @@ def barrier() -> None:
         dist.barrier()
 
 
+def any_rank(flags: Sequence[bool]) -> list[bool]:
+    """Each flag OR-ed over all ranks (one small all-reduce; every rank must call it).
+
+    Lets ranks agree on decisions taken from local state (a signal, a clock) so they stop or
+    checkpoint at the same step. Without a process group the flags come back unchanged.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return [bool(f) for f in flags]
+    device = f"cuda:{torch.cuda.current_device()}" if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor([int(bool(f)) for f in flags], dtype=torch.int32, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return [bool(v) for v in t.tolist()]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def launch_local(nproc: int, argv: Sequence[str], max_restarts: int = 0, threads_per_worker: int | None = None) -> int:
+def launch_local(
+    nproc: int,
+    argv: Sequence[str],
+    max_restarts: int = 0,
+    threads_per_worker: int | None = None,
+    shutdown_timeout_s: int = 120,
+) -> int:
     """Run ``python -m neuroflood *argv`` on ``nproc`` local workers under torchrun's agent.
 
-    Returns the job's exit status: 0 when every worker succeeded.
+    When a worker fails, the agent stops the others and, while restarts remain, starts all
+    of them again (they resume from the latest checkpoint). On SIGTERM/SIGINT it passes the
+    signal on and gives the workers ``shutdown_timeout_s`` seconds to checkpoint and exit
+    before killing them. Returns 0 when every worker succeeded or the job was stopped by
+    SIGTERM (pre-emption), 130 for SIGINT, 1 when a worker failed.
     """
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.run import get_args_parser, run
 
     if nproc < 1:
@@ -133,6 +165,7 @@ def launch_local(nproc: int, argv: Sequence[str], max_restarts: int = 0, threads
             "--rdzv-backend=c10d",
             f"--rdzv-endpoint=127.0.0.1:{_free_port()}",
             "--monitor-interval=1",
+            f"--shutdown-timeout={shutdown_timeout_s}",
             "-m",
             "neuroflood",
             *argv,
@@ -140,6 +173,10 @@ def launch_local(nproc: int, argv: Sequence[str], max_restarts: int = 0, threads
     )
     try:
         run(args)
+    except SignalException as e:
+        # The workers got the signal too; on SIGTERM they checkpoint and exit 0.
+        print(f"neuroflood: stopped by {e.sigval.name}; rerun the same command to resume", file=sys.stderr)
+        return 130 if e.sigval == signal.SIGINT else 0
     except Exception as e:  # ChildFailedError: the agent already printed each worker's failure
         print(f"neuroflood: error: a worker failed ({type(e).__name__}); see the messages above", file=sys.stderr)
         return 1

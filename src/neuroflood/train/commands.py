@@ -8,6 +8,7 @@ config is written to ``RUN_DIR/config.json``.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from pathlib import Path
@@ -104,6 +105,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument(flag, dest=key, metavar="AXES", help=_help(key) + "; '' for none")
     for flag, key in _RANGES:
         p.add_argument(flag, dest=key, metavar="LO,HI", help=_help(key))
+    p.add_argument("--lr-scaling", dest="lr_scaling", choices=["none", "linear", "sqrt"], help=_help("lr_scaling"))
+    p.add_argument("--warmup-steps", dest="warmup_steps", type=int, help=_help("warmup_steps"))
+    p.add_argument("--fixed-sample-budget", dest="fixed_sample_budget", action=argparse.BooleanOptionalAction, help=_help("fixed_sample_budget"))
+    p.add_argument("--nproc-per-node", dest="nproc_per_node", type=int, metavar="N", help="start N local data-parallel workers (torchrun's agent; one GPU each on a GPU machine); see docs/distributed.md for torchrun and srun")
+    p.add_argument("--max-restarts", dest="max_restarts", type=int, metavar="K", help="with --nproc-per-node: restart all workers up to K times after a failure, resuming from the latest checkpoint (default: 0)")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, help="continue from the run directory's latest checkpoint (default: when it has one; --no-resume refuses a run directory that has checkpoints)")
     p.set_defaults(func=_train)
 
@@ -156,6 +162,9 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
     for _, key, _ in _SCALARS:
         if key in a:
             cli[key] = a[key]
+    for key in ("lr_scaling", "warmup_steps", "fixed_sample_budget"):
+        if key in a:
+            cli[key] = a[key]
     for key in _SWITCHES:
         if key in a:
             cli[key] = a[key]
@@ -192,9 +201,16 @@ def _train(args: argparse.Namespace) -> int:
 
     if config.threads:
         torch.set_num_threads(config.threads)  # once, before any work: resetting later slows CPU steps
-    from .loop import summary_line, train
+    from .distributed import launch_training, run_training
+    from .loop import summary_line
 
-    result = train(config, resume=getattr(args, "resume", None))
+    if "nproc_per_node" in args:
+        return launch_training(config, args.nproc_per_node, getattr(args, "max_restarts", 0), getattr(args, "resume", None))
+    if "max_restarts" in args:
+        raise ConfigError("--max-restarts needs --nproc-per-node (with torchrun, give torchrun --max-restarts)")
+    result = run_training(config, resume=getattr(args, "resume", None))
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # rank 0 reports for the job
     for rec in (result.last_train, result.last_eval):
         if rec:
             print(summary_line(rec))

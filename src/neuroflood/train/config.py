@@ -92,6 +92,14 @@ class TrainConfig(Config):
     emulate_workers: int = Field(
         1, ge=1, description="average the gradients of N example generators per step (emulated data-parallel workers)"
     )
+    lr_scaling: Literal["none", "linear", "sqrt"] = Field(
+        "none",
+        description="learning-rate target for N workers (ranks × emulated workers): none = base, linear = base·N, sqrt = base·√N",
+    )
+    warmup_steps: int = Field(0, ge=0, description="ramp the learning rate linearly from 0 (at step 0) to its target over this many steps")
+    fixed_sample_budget: bool = Field(
+        False, description="with N workers run max_steps // N steps, keeping the examples seen those of one worker (as Dong et al. 2019)"
+    )
 
     # --- performance ------------------------------------------------------------------------
     device: str = Field("auto", description="'auto' (cuda if available, else cpu), 'cpu', 'cuda', 'cuda:1', ...")

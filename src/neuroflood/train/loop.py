@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..distributed import any_rank
 from ..errors import CheckpointError, ConfigError, NeurofloodError
 from ..model import FFNModel, build_model, load_model
 from ..prepare.coordfile import open_coordinates
@@ -37,7 +38,7 @@ from .checkpoint import latest_checkpoint, load_checkpoint, prune_checkpoints, s
 from .config import TrainConfig
 from .examples import Batch, ExampleGenerator, PatchSource
 from .metrics import EvalTracker, MetricsLog
-from .optim import build_optimizer, clip_gradients, learning_rate, set_learning_rate
+from .optim import build_optimizer, clip_gradients, learning_rate, lr_scale, set_learning_rate
 
 
 class TrainingDiverged(NeurofloodError):
@@ -352,6 +353,9 @@ def train(
     result = TrainResult(step=step, checkpoint=latest)
     run_start = time.time() - elapsed
     fovs_per_step = config.batch_size * workers * world
+    # Data-parallel rules of Dong et al. 2019, counting emulated workers as workers.
+    scale = lr_scale(config.lr_scaling, world * workers)
+    last_step = config.max_steps // (world * workers) if config.fixed_sample_budget else config.max_steps
     saved_step = step if latest is not None else -1
 
     def checkpoint() -> Path | None:
@@ -382,7 +386,7 @@ def train(
     def summarize(split: str, metrics: dict[str, Any], fovs_per_s: float, images: Sequence[np.ndarray] = ()) -> dict[str, Any]:
         record = {"step": step, "time_s": round(elapsed, 3), "split": split, "fovs_per_s": fovs_per_s, **metrics}
         if split == "train":
-            record["learning_rate"] = learning_rate(max(step - 1, 0), config)
+            record["learning_rate"] = learning_rate(max(step - 1, 0), config, scale, config.warmup_steps)
         if log is not None:
             log.write(record, images)
         return record
@@ -395,7 +399,7 @@ def train(
 
     from tqdm import tqdm
 
-    bar = tqdm(total=None if config.max_train_seconds else config.max_steps, initial=step, disable=not (config.progress and is_main), file=sys.stderr, unit="step", dynamic_ncols=True)
+    bar = tqdm(total=None if config.max_train_seconds else last_step, initial=step, disable=not (config.progress and is_main), file=sys.stderr, unit="step", dynamic_ncols=True)
     t_interval, steps_interval = time.perf_counter(), 0
     last_summary = last_checkpoint = last_eval = time.perf_counter()
     smoothed_loss = None
@@ -404,9 +408,12 @@ def train(
             def out_of_time() -> bool:
                 return config.max_train_seconds is not None and elapsed >= config.max_train_seconds
 
-            while step < config.max_steps and stop.signal is None and not out_of_time():
+            # Every rank must take the same decisions (stop, checkpoint) at the same step, or
+            # one would wait forever in a collective: flags raised on any rank count for all.
+            stopping = any_rank([stop.signal is not None or out_of_time()])[0]
+            while step < last_step and not stopping:
                 t_step = time.perf_counter()
-                lr = learning_rate(step, config)
+                lr = learning_rate(step, config, scale, config.warmup_steps)
                 batches = [g.next_batch() for g in generators]
                 loss, logits = train_step(stepper, optimizer, batches, lr, config.grad_clip, device, autocast_dtype, config.channels_last)  # type: ignore[arg-type]
                 if not math.isfinite(loss):
@@ -441,9 +448,12 @@ def train(
                     run_eval()
                     last_eval = time.perf_counter()
                     t_interval += last_eval - t0  # evaluation time does not count against FOVs/s
-                if (config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0) or (
-                    config.checkpoint_every_secs and now - last_checkpoint >= config.checkpoint_every_secs
-                ):
+                stopping, checkpoint_due = any_rank([
+                    stop.signal is not None or out_of_time(),
+                    bool(config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0)
+                    or bool(config.checkpoint_every_secs and now - last_checkpoint >= config.checkpoint_every_secs),
+                ])
+                if checkpoint_due:
                     t0 = time.perf_counter()
                     result.checkpoint = checkpoint() or result.checkpoint
                     last_checkpoint = time.perf_counter()

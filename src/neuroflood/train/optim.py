@@ -70,14 +70,26 @@ def learning_rate(step: int, config: TrainConfig, scale: float = 1.0, warmup_ste
 
     ``base · scale``, times ``factor ** (step // decay_steps)`` when staircase decay is set
     (google/ffn applies decay only when both values are given), ramped linearly from 0 over
-    ``warmup_steps`` steps when a warm-up is asked for (distributed training).
+    ``warmup_steps`` steps when a warm-up is asked for: ``target · step / warmup_steps``,
+    exactly 0 at step 0, as the distributed trainer of Dong et al. 2019.
     """
     lr = config.learning_rate * scale
     if config.lr_decay_factor is not None and config.decay_steps is not None:
         lr *= config.lr_decay_factor ** math.floor(step / config.decay_steps)
     if warmup_steps > 0 and step < warmup_steps:
-        lr *= (step + 1) / warmup_steps
+        lr *= step / warmup_steps
     return lr
+
+
+def lr_scale(rule: str, workers: int) -> float:
+    """Factor on the base learning rate for ``workers`` data-parallel workers: 1, N or √N."""
+    if rule == "none":
+        return 1.0
+    if rule == "linear":
+        return float(workers)
+    if rule == "sqrt":
+        return math.sqrt(workers)
+    raise ValueError(f"unknown lr scaling {rule!r}")  # unreachable: the config validates it
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
