@@ -212,7 +212,7 @@ def segment_subvolume(
         at the end). Pass a :class:`BatchedExecutor`'s ``client()`` to share a GPU.
     checkpoint_path : path, optional
         Inference checkpoint: restored if it exists, written every
-        ``request.checkpoint_interval`` seconds, deleted when the subvolume is done.
+        ``request.checkpoint_interval`` seconds (0: never), deleted when the subvolume is done.
     checkpoint_key : dict, optional
         Identifies the request in the checkpoint (a checkpoint of another key is refused);
         default: the request itself.
@@ -478,8 +478,7 @@ def segment_volume(
 
     ckpt = os.fspath(checkpoint_path) if checkpoint_path is not None else default_checkpoint_path(out_spec)
     result = segment_subvolume(
-        model, image, request, corner=box.start, checkpoint_path=ckpt if request.checkpoint_interval > 0 else None,
-        checkpoint_key=key, progress=progress,
+        model, image, request, corner=box.start, checkpoint_path=ckpt, checkpoint_key=key, progress=progress,
     )
     summary = result.summary()
     summary.update({"image": image_spec, "bbox": _fmt_box(box), "out": out_spec})
