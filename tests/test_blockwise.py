@@ -24,9 +24,14 @@ def test_grid_cores_tile_the_box_and_blocks_overlap():
     for b in grid:
         assert bbox.contains(b.box) and b.box.contains(b.core)
         cover[b.core.relative_to(bbox.start).to_slices()] += 1
+        # every core voxel has half the overlap of block around it, unless at the box's edge
+        for a, c0, c1, b0, b1, o, lo, hi in zip(range(3), b.core.start, b.core.stop, b.box.start, b.box.stop, grid.overlap, bbox.start, bbox.stop):
+            assert b0 == max(lo, c0 - o // 2) and b1 == min(hi, c1 + o - o // 2)
     assert (cover == 1).all()  # cores tile the box exactly once
     # neighbours overlap by the requested amount
-    assert grid[0].box.stop[0] - grid[grid.shape[1]].box.start[0] == 16
+    below, above = grid[0], grid[grid.shape[1]]
+    assert below.box.stop[0] - above.box.start[0] == 16
+    assert below.core.stop[0] == above.core.start[0] == 3 + 48
     with pytest.raises(ConfigError, match="overlap"):
         BlockGrid(bbox, (32, 32, 32), (32, 0, 0))
 
@@ -111,15 +116,15 @@ def test_failed_block_is_reported_then_redone(tmp_path, synth_small):
     image = OriginVolume("origin", np.zeros(labels.shape, np.uint8))
     out = f"{tmp_path}/seg.zarr/seg"
     args = (image, BoundingBox.from_shape(labels.shape), (32, 32, 32), (8, 8, 8))
-    bad = GroundTruthSegmenter(labels, fail_at=(24, 0, 0))
-    with pytest.raises(BlockFailures, match=r"1 of 8 blocks failed \(block 4 at 24,0,0:48,32,32: RuntimeError"):
+    bad = GroundTruthSegmenter(labels, fail_at=(20, 0, 0))
+    with pytest.raises(BlockFailures, match=r"1 of 8 blocks failed \(block 4 at 20,0,0:48,28,28: RuntimeError"):
         segment_blockwise(out, *args, bad, {"m": 1}, DistInfo(), progress=False)
     paths = JobPaths.from_spec(out)
-    assert json.loads(paths.failed(4).read_text())["box"] == "24,0,0:48,32,32"
+    assert json.loads(paths.failed(4).read_text())["box"] == "20,0,0:48,28,28"
     assert not (tmp_path / "seg.zarr" / "seg").exists()  # no half-written output
     good = GroundTruthSegmenter(labels)
     segment_blockwise(out, *args, good, {"m": 1}, DistInfo(), progress=False)
-    assert good.calls == ["24,0,0:48,32,32"]  # only the failed block was redone
+    assert good.calls == ["20,0,0:48,28,28"]  # only the failed block was redone
     assert not paths.failed(4).exists()
 
 

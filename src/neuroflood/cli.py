@@ -61,7 +61,9 @@ def add_command(sub: argparse._SubParsersAction, name: str, help: str, descripti
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv  # for commands that re-launch themselves on several workers
     try:
         result = args.func(args)
     except NeurofloodError as e:

@@ -1,11 +1,12 @@
 """Splitting a bounding box into overlapping blocks.
 
-Along each axis, block ``k`` covers ``[start + k·stride, start + k·stride + block_size)``
-with ``stride = block_size − overlap``, clipped to the box. Each block *owns* a **core**,
-``[start + k·stride, start + (k+1)·stride)`` (the last block owns up to the end), so cores
+With ``stride = block_size − overlap``, block ``k`` along an axis *owns* the **core**
+``[start + k·stride, start + (k+1)·stride)`` (the last core ends at the box's end), so cores
 tile the box exactly and line up with an output chunk grid of ``stride``: two workers never
-write the same chunk. The rest of a block, its high-side overlap, lies in the cores of its
-neighbours; that is where block ids are compared during reconciliation.
+write the same chunk. The block segments its core grown by ``overlap // 2`` below and
+``overlap − overlap // 2`` above (clipped to the box), i.e. ``block_size`` voxels: every core
+voxel is seen with at least half the overlap of the block around it, and the margins lie in
+the neighbours' cores, where block ids are compared during reconciliation.
 """
 
 from __future__ import annotations
@@ -45,10 +46,7 @@ class BlockGrid:
                     f"on axis {axis}; lower --overlap or raise --block-size"
                 )
         self.stride = tuple(b - o if b < s else s for b, o, s in zip(self.block_size, self.overlap, bbox.size))
-        self.shape = tuple(
-            1 if b >= s else max(1, math.ceil((s - o) / st))
-            for b, o, s, st in zip(self.block_size, self.overlap, bbox.size, self.stride)
-        )
+        self.shape = tuple(max(1, math.ceil(s / st)) for s, st in zip(bbox.size, self.stride))
 
     def __len__(self) -> int:
         return math.prod(self.shape)
@@ -66,17 +64,19 @@ class BlockGrid:
             pos.append(rest % n)
             rest //= n
         pos = tuple(reversed(pos))
-        start, stop, cstop = [], [], []
-        for k, n, a, z, b, st in zip(pos, self.shape, self.bbox.start, self.bbox.stop, self.block_size, self.stride):
-            s0 = a + k * st
-            start.append(s0)
-            stop.append(min(s0 + b, z))
-            cstop.append(z if k == n - 1 else s0 + st)
+        start, stop, cstart, cstop = [], [], [], []
+        for k, n, a, z, o, st in zip(pos, self.shape, self.bbox.start, self.bbox.stop, self.overlap, self.stride):
+            c0 = a + k * st
+            c1 = z if k == n - 1 else c0 + st
+            cstart.append(c0)
+            cstop.append(c1)
+            start.append(max(a, c0 - o // 2))
+            stop.append(min(z, c1 + o - o // 2))
         return Block(
             index,
             pos,
             BoundingBox.from_start_stop(start, stop),
-            BoundingBox.from_start_stop(start, cstop),
+            BoundingBox.from_start_stop(cstart, cstop),
         )
 
     def positions(self) -> Iterator[tuple[int, ...]]:

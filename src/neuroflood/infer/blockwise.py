@@ -101,6 +101,7 @@ class BlockwiseResult:
     blocks_run: list[int]
     blocks_skipped: int
     failed: list[dict] = field(default_factory=list)
+    blocks_run_total: int | None = None  # over all workers (blocks_run lists this worker's)
     segments: int = 0
     joins: int = 0
     fov_evaluations: int = 0
@@ -332,6 +333,14 @@ def segment_blockwise(
     t0 = time.time()
     result = run_blocks(paths, grid, image, segmenter, info, progress)
     barrier()
+    if info.distributed:  # counts for the whole job, not just this worker
+        import torch
+        import torch.distributed as dist
+
+        counts = torch.tensor([len(result.blocks_run), result.blocks_skipped, result.fov_evaluations], dtype=torch.int64)
+        dist.all_reduce(counts)
+        result.blocks_skipped, result.fov_evaluations = int(counts[1]), int(counts[2])
+        result.blocks_run_total = int(counts[0])
     failures = gather_failures(paths, grid)
     if failures:
         result.failed = failures
@@ -375,3 +384,109 @@ class FFNBlockSegmenter:
         counters = {k: v for k, v in result.counters.items() if isinstance(v, (int, float))}
         counters["fov_evaluations"] = int(result.fov_evaluations)
         return seg, counters
+
+
+# ----------------------------------------------------------------------------------------
+# Command line: `neuroflood segment … --block-size Z,Y,X [--overlap] [--nproc-per-node N]`
+# ----------------------------------------------------------------------------------------
+
+
+def add_arguments(parser: Any) -> None:
+    """The blockwise options of ``neuroflood segment``."""
+    g = parser.add_argument_group(
+        "large volumes",
+        "With --block-size the box is split into overlapping blocks, segmented on 1..N workers "
+        "and reconciled into one segmentation with sequential ids; --out must be DIR.zarr/NAME. "
+        "Rerunning the same command resumes: finished blocks are kept.",
+    )
+    g.add_argument("--block-size", default=None, metavar="Z,Y,X", help="block size (default: the whole box is one block)")
+    g.add_argument(
+        "--overlap", default=None, metavar="Z,Y,X",
+        help="overlap of neighbouring blocks (default: 2*(fov//2 + delta), e.g. 48 for FIB-25)",
+    )
+    g.add_argument("--nproc-per-node", type=int, default=None, help="start this many local workers (torchrun)")
+    g.add_argument("--min-overlap-voxels", type=int, default=OverlapRule.min_overlap_voxels, help="join objects of neighbouring blocks that share at least this many voxels ...")
+    g.add_argument(
+        "--min-overlap-fraction", type=float, default=OverlapRule.min_overlap_fraction,
+        help="... and at least this fraction of the smaller one's voxels in the overlap",
+    )
+
+
+def wants_blockwise(args: Any) -> bool:
+    return bool(args.block_size or args.nproc_per_node)
+
+
+def run_cli(args: Any, request: Any) -> int:
+    """``neuroflood segment`` with --block-size and/or --nproc-per-node."""
+    from ..config import parse_ints
+    from ..distributed import cleanup, init_distributed, launch_local, strip_launch_args
+    from ..model import load_model
+    from .segment import model_fingerprint
+
+    if args.nproc_per_node and "LOCAL_RANK" not in os.environ:
+        return launch_local(args.nproc_per_node, strip_launch_args(args.argv), threads_per_worker=args.threads)
+    info = init_distributed(request.device if request.device != "auto" else "auto")
+    try:  # (torch threads were set once by the command before this)
+        model = load_model(args.model)
+        image = open_volume(args.image)
+        if image.ndim != 3:
+            raise VolumeError(f"image {args.image} has shape {image.shape}; segmentation needs a 3-D (z, y, x) volume")
+        bbox = BoundingBox.parse(args.bbox) if args.bbox else BoundingBox.from_shape(image.shape)
+        cfg = model.config
+        block = parse_ints(args.block_size, 3, "--block-size") if args.block_size else bbox.size
+        overlap = (
+            parse_ints(args.overlap, 3, "--overlap")
+            if args.overlap
+            else tuple(2 * (f // 2 + d) for f, d in zip(cfg.fov_size, cfg.deltas))
+        )
+        job_request = {
+            "image": os.path.abspath(args.image) if os.path.exists(args.image.split(":")[0]) else args.image,
+            "model_sha256": model_fingerprint(model),
+            "model": json.loads(cfg.model_dump_json()),
+            "request": json.loads(request.model_dump_json()),
+        }
+        result = segment_blockwise(
+            args.out, image, bbox, block, overlap, FFNBlockSegmenter(model, request), job_request, info,
+            OverlapRule(args.min_overlap_voxels, args.min_overlap_fraction), progress=not args.no_progress,
+        )
+        if info.is_main:
+            summary = _summary(args, bbox, result)
+            if args.summary:
+                _atomic_write_text(Path(args.summary), json.dumps(summary, indent=2) + "\n")
+            print(
+                f"{summary['segments']} segments, {summary['fov_evaluations']} FOV evaluations in "
+                f"{summary['blocks']} blocks ({summary['blocks_run']} run, {summary['blocks_skipped']} kept), "
+                f"{100 * summary['unsegmented_fraction']:.1f}% unsegmented, {summary['seconds']:.1f} s -> {args.out}"
+            )
+        return 0
+    finally:
+        cleanup()
+
+
+def _summary(args: Any, bbox: BoundingBox, result: BlockwiseResult) -> dict:
+    """The single-subvolume summary, with block counts; FOVs counted over all blocks ever run."""
+    paths = JobPaths.from_spec(args.out)
+    done = [json.loads(p.read_text()) for p in sorted(paths.blocks.glob("*.done"))]
+    fovs = int(sum(d["counters"].get("fov_evaluations", 0) for d in done))
+    seconds = float(sum(d["seconds"] for d in done))
+    out = open_volume(args.out)
+    zeros = 0
+    grid = BlockGrid(bbox, [int(v) for v in json.loads((paths.work / "request.json").read_text())["block_size"]], [0, 0, 0])
+    for b in grid:  # stream the output block by block
+        zeros += int((out.read(b.core.relative_to(bbox.start)) == 0).sum())
+    return {
+        "fov_evaluations": fovs,
+        "segments": int(result.segments),
+        "unsegmented_fraction": zeros / bbox.volume,
+        "seconds": result.seconds,
+        "segment_seconds_all_blocks": seconds,
+        "seconds_per_fov": seconds / fovs if fovs else None,
+        "blocks": result.blocks,
+        "blocks_run": result.blocks_run_total if result.blocks_run_total is not None else len(result.blocks_run),
+        "blocks_skipped": result.blocks_skipped,
+        "blocks_failed": len(result.failed),
+        "joins": result.joins,
+        "image": args.image,
+        "bbox": str(bbox),
+        "out": args.out,
+    }

@@ -38,6 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (overrides the config)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from .blockwise import add_arguments as add_blockwise_arguments
+
+    add_blockwise_arguments(p)
     p.set_defaults(func=_segment)
 
     p = add_command(
@@ -101,6 +104,10 @@ def _segment(args: argparse.Namespace) -> int:
     if args.device:
         raw["device"] = args.device
     request = InferenceRequest.build(raw)
+    from .blockwise import run_cli, wants_blockwise
+
+    if wants_blockwise(args):
+        return run_cli(args, request)
     summary = segment_volume(
         args.model, args.image, args.out, args.bbox, request,
         overwrite=args.overwrite, checkpoint_path=args.checkpoint, summary_path=args.summary,
