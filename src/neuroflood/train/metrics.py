@@ -10,6 +10,7 @@ overall and per radius ``int(|offset|)``. Counters accumulate until :meth:`EvalT
 
 from __future__ import annotations
 
+import json
 import math
 from collections import defaultdict, deque
 from typing import Any, Sequence
@@ -166,8 +167,6 @@ class MetricsLog:
             self._tb = SummaryWriter(f"{run_dir}/tb")
 
     def write(self, record: dict[str, Any], images: Sequence[np.ndarray] = ()) -> None:
-        import json
-
         record = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()}
         self._file.write(json.dumps(record, allow_nan=False, default=_json_default) + "\n")
         if self._tb is not None:
