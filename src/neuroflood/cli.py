@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "neuroflood.train.commands",  # train
     "neuroflood.infer.commands",  # segment, consensus
     "neuroflood.evaluate.commands",  # evaluate, report, view
+    "neuroflood.studies.commands",  # study
 ]
 
 

@@ -1,0 +1,196 @@
+"""CLI: ``neuroflood study scaling|lr-scaling|batch-size|optimizers`` (Dong et al. 2019's studies).
+
+Each study writes ``OUT/<study>.json`` and its figures (PNG) to ``--out``. The defaults run
+on a 2-core machine on synthetic data; the options scale the same commands to a cluster
+(more workers, real ranks through ``--mode real --launcher 'srun --ntasks {workers}'``,
+bigger budgets). See docs/reproducing-the-paper.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from ..errors import ConfigError
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        vals = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} must be comma-separated integers, e.g. 1,2,4") from None
+    if not vals or min(vals) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must list positive integers, e.g. 1,2,4")
+    return vals
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        vals = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} must be comma-separated numbers, e.g. 0.5,1,2") from None
+    if not vals or min(vals) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must list positive numbers, e.g. 0.5,1,2")
+    return vals
+
+
+def _lrs(text: str) -> dict[str, float]:
+    out = {}
+    for item in text.split(","):
+        name, _, value = item.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"item {item!r} must be NAME=LR, e.g. adam=1e-3,sgd=0.05") from None
+    return out
+
+
+def _common(p: argparse.ArgumentParser, jobs: int, threads: int, real_only: bool = False) -> None:
+    p.add_argument("--out", required=True, help="output directory (JSON, PNG, runs/, data/)")
+    p.add_argument("--model", help="network spec, as neuroflood train --model")
+    if not real_only:
+        p.add_argument("--mode", choices=["emulated", "real"], default="emulated",
+                       help="emulated: N workers in one process (gradient accumulation); real: N ranks via --launcher")
+        p.add_argument("--jobs", type=int, default=jobs, help="emulated runs at a time (separate processes)")
+    p.add_argument("--launcher", help="command template starting {workers} ranks of `neuroflood train` (e.g. 'srun --ntasks {workers} "
+                   "--cpus-per-task {threads}'); default: neuroflood train --nproc-per-node N on this machine")
+    p.add_argument("--threads", type=int, default=threads, help="torch CPU threads per run (emulated) or per rank (real)")
+    p.add_argument("--data-size", type=int, help="edge of the synthetic training and held-out volumes (voxels)")
+    p.add_argument("--seed", type=int, default=0, help="seed of data, weights and example generators")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from ..cli import add_command
+
+    p = add_command(sub, "study", "the distributed-training studies of Dong et al. 2019 (scaling, LR scaling, batch size, optimizers)",
+                    __doc__.split("\n\n", 1)[1] if __doc__ else None)
+    studies = p.add_subparsers(dest="study", metavar="STUDY", required=True)
+
+    s = add_command(studies, "scaling", "training throughput (FOVs/s) against real workers, with ideal line and efficiency",
+                    "Train the FIB-25 network (by default) with 1, 2, ... real workers for a few steps each and measure "
+                    "the global FOVs/s after warm-up steps. Writes OUT/scaling.json (a list of {workers, fovs_per_s, "
+                    "efficiency, config, ...}) and OUT/scaling.png (log-log, ideal line, the paper's curve).")
+    _common(s, 1, 1, real_only=True)
+    s.add_argument("--workers", type=_ints, default="1,2", help="real worker counts, comma-separated")
+    s.add_argument("--batch-size", type=int, default=4, help="FOVs per worker per step")
+    s.add_argument("--steps", type=int, default=5, help="training steps per worker count")
+    s.add_argument("--skip-steps", type=int, default=1, help="first steps not measured (warm-up)")
+    s.add_argument("--device", default="cpu", help="cpu or cuda (one GPU per rank)")
+    s.add_argument("--precision", choices=["float32", "bfloat16"], default="float32", help="network precision")
+    s.set_defaults(func=_scaling)
+
+    s = add_command(studies, "lr-scaling", "best learning rate against workers at a fixed sample budget, vs linear and sqrt rules",
+                    "For each worker count and each learning rate of the grid (base x factors), with and without warm-up, "
+                    "train on the same number of FOVs and score held-out accuracy and F1, normalised by the best at each "
+                    "worker count. Writes OUT/lr_scaling.json and OUT/lr_scaling_{f1,accuracy}.png.")
+    _common(s, 2, 1)
+    s.add_argument("--workers", type=_ints, default="1,2,4,8", help="worker counts N")
+    s.add_argument("--lr-factors", type=_floats, default="0.5,1,2,4,8", help="LR grid as multiples of --base-lr")
+    s.add_argument("--base-lr", type=float, default=1e-3, help="reference learning rate of one worker")
+    s.add_argument("--warmup-fraction", type=float, default=0.1, help="warm-up length as a fraction of each run's steps")
+    s.add_argument("--fovs", type=int, default=2400, help="FOVs per run (fixed sample budget)")
+    s.add_argument("--batch-size", type=int, default=4, help="FOVs per worker per step")
+    s.add_argument("--optimizer", default="adam", help="optimizer of every run")
+    s.add_argument("--eval-examples", type=int, default=64, help="held-out examples scored at the end of each run")
+    s.set_defaults(func=_lr_scaling)
+
+    s = add_command(studies, "batch-size", "held-out F1 against wall time and FOVs processed for several global batch sizes",
+                    "Train each global batch size (per-worker batch x workers) on the same number of FOVs, evaluating "
+                    "held-out F1 at regular intervals. Writes OUT/batch_size.json and OUT/batch_size.png.")
+    _common(s, 1, 2)
+    s.add_argument("--global-batches", type=_ints, default="4,8,16,32", help="global batch sizes (multiples of --batch-size)")
+    s.add_argument("--batch-size", type=int, default=4, help="FOVs per worker per step")
+    s.add_argument("--fovs", type=int, default=4800, help="FOVs per run")
+    s.add_argument("--evaluations", type=int, default=8, help="held-out evaluations per run")
+    s.add_argument("--base-lr", type=float, default=1e-3, help="learning rate of one worker")
+    s.add_argument("--lr-scaling", choices=["none", "linear", "sqrt"], default="sqrt", help="learning-rate rule for N workers")
+    s.add_argument("--warmup-fraction", type=float, default=0.1, help="warm-up length as a fraction of each run's steps (0: none)")
+    s.add_argument("--optimizer", default="adam", help="optimizer of every run")
+    s.add_argument("--eval-examples", type=int, default=64, help="held-out examples per evaluation")
+    s.set_defaults(func=_batch_size)
+
+    s = add_command(studies, "optimizers", "SGD, momentum, Adam, Adagrad, RMSProp with and without warm-up: F1 and time to 95%% accuracy",
+                    "Train each optimizer (own base learning rate) with and without a linear warm-up on the same number of "
+                    "FOVs, evaluating on held-out coordinates at regular intervals. Writes OUT/optimizers.json and "
+                    "OUT/optimizers.png.")
+    _common(s, 1, 2)
+    s.add_argument("--optimizers", default="sgd,momentum,adam,adagrad,rmsprop", help="optimizers, comma-separated")
+    s.add_argument("--learning-rates", type=_lrs, help="per-optimizer learning rates, e.g. adam=1e-3,sgd=0.05 "
+                   "(default: sgd=0.05, momentum=0.005, adam=0.001, adagrad=0.05, rmsprop=0.001)")
+    s.add_argument("--workers", type=int, default=1, help="workers N of every run")
+    s.add_argument("--batch-size", type=int, default=4, help="FOVs per worker per step")
+    s.add_argument("--fovs", type=int, default=3200, help="FOVs per run")
+    s.add_argument("--evaluations", type=int, default=8, help="held-out evaluations per run")
+    s.add_argument("--warmup-fraction", type=float, default=0.1, help="warm-up length as a fraction of the steps")
+    s.add_argument("--lr-scaling", choices=["none", "linear", "sqrt"], default="sqrt", help="learning-rate rule for N workers")
+    s.add_argument("--target-accuracy", type=float, default=0.95, help="held-out voxel accuracy whose first time is reported")
+    s.add_argument("--eval-examples", type=int, default=64, help="held-out examples per evaluation")
+    s.set_defaults(func=_optimizers)
+
+
+def _kw(args: argparse.Namespace, *names: str) -> dict[str, Any]:
+    """The given options that were set (None = the study's default)."""
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+
+def _start(args: argparse.Namespace) -> None:
+    if args.threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {args.threads}")
+    if getattr(args, "jobs", 1) < 1:
+        raise ConfigError(f"--jobs must be >= 1, got {args.jobs}")
+    import torch
+
+    torch.set_num_threads(args.threads)  # once, at process start (emulated runs in this process)
+
+
+def _done(path: str) -> int:
+    print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def _scaling(args: argparse.Namespace) -> int:
+    _start(args)
+    from .scaling import run_scaling
+
+    rows = run_scaling(args.out, workers=args.workers, batch_size=args.batch_size, steps=args.steps, skip_steps=args.skip_steps,
+                       threads=args.threads, launcher=args.launcher, device=args.device, precision=args.precision, seed=args.seed,
+                       **_kw(args, "model", "data_size"))
+    for r in rows:
+        print(f"workers {r['workers']}: {r['fovs_per_s']:.3f} FOVs/s, efficiency {100 * r['efficiency']:.0f}%, "
+              f"{r['seconds_per_step']:.2f} s/step")
+    return _done(f"{args.out}/scaling.json, {args.out}/scaling.png")
+
+
+def _lr_scaling(args: argparse.Namespace) -> int:
+    _start(args)
+    from .lr_scaling import run_lr_scaling
+
+    run_lr_scaling(args.out, workers=args.workers, lr_factors=args.lr_factors, base_lr=args.base_lr, warmup_fraction=args.warmup_fraction,
+                   fovs=args.fovs, batch_size=args.batch_size, optimizer=args.optimizer, eval_examples=args.eval_examples,
+                   mode=args.mode, launcher=args.launcher, threads=args.threads, jobs=args.jobs, seed=args.seed,
+                   **_kw(args, "model", "data_size"))
+    return _done(f"{args.out}/lr_scaling.json, {args.out}/lr_scaling_f1.png, {args.out}/lr_scaling_accuracy.png")
+
+
+def _batch_size(args: argparse.Namespace) -> int:
+    _start(args)
+    from .batch_size import run_batch_size
+
+    run_batch_size(args.out, global_batches=args.global_batches, batch_size=args.batch_size, fovs=args.fovs, evaluations=args.evaluations,
+                   base_lr=args.base_lr, lr_scaling=args.lr_scaling, warmup_fraction=args.warmup_fraction, optimizer=args.optimizer,
+                   eval_examples=args.eval_examples, mode=args.mode, launcher=args.launcher, threads=args.threads, jobs=args.jobs,
+                   seed=args.seed, **_kw(args, "model", "data_size"))
+    return _done(f"{args.out}/batch_size.json, {args.out}/batch_size.png")
+
+
+def _optimizers(args: argparse.Namespace) -> int:
+    _start(args)
+    from .optimizers import run_optimizers
+
+    run_optimizers(args.out, optimizers=[o.strip() for o in args.optimizers.split(",") if o.strip()], learning_rates=args.learning_rates,
+                   workers=args.workers, batch_size=args.batch_size, fovs=args.fovs, evaluations=args.evaluations,
+                   warmup_fraction=args.warmup_fraction, lr_scaling=args.lr_scaling, target_accuracy=args.target_accuracy,
+                   eval_examples=args.eval_examples, mode=args.mode, launcher=args.launcher, threads=args.threads, jobs=args.jobs,
+                   seed=args.seed, **_kw(args, "model", "data_size"))
+    return _done(f"{args.out}/optimizers.json, {args.out}/optimizers.png")

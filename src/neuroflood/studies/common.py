@@ -1,0 +1,224 @@
+"""What the studies share: synthetic data, running one training configuration, results files.
+
+A study is a list of training runs. Each run is a :class:`~neuroflood.train.config.TrainConfig`
+executed either
+
+* ``emulated``: in one process with ``emulate_workers = N`` (N example generators, gradient
+  accumulation): the optimisation of N synchronous workers on a small machine, not their
+  speed; or
+* ``real``: as N ranks, started by ``neuroflood train --nproc-per-node N`` or by a launcher
+  command such as ``srun --ntasks {workers}`` (the same command on a cluster).
+
+Results are read back from the run's ``metrics.jsonl`` (rank 0 writes it), so both modes give
+the same records.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..config import ModelConfig
+from ..errors import ConfigError
+
+# A network that learns the synthetic volume within a few thousand FOVs on one CPU core.
+STUDY_MODEL = "depth=3,features=16,fov=13,13,13,deltas=3,3,3"
+# The FIB-25 network of google/ffn and Dong et al. 2019 (for throughput).
+FIB25_MODEL = "depth=12,features=32,fov=33,33,33,deltas=8,8,8"
+# An easier synthetic volume than make_em_volume's default: thicker, sparser processes and
+# less noise, so that short training runs reach distinguishable held-out F1 values.
+STUDY_SYNTH = {"radius_range": (3.0, 7.0), "density": 1.0, "noise": 4.0}
+
+
+def prepare_synthetic(work: str | os.PathLike, model: ModelConfig, size: int = 80, seed: int = 0, progress: bool = False) -> dict[str, Any]:
+    """Training and held-out synthetic volumes with class-balanced coordinates.
+
+    Two volumes of ``size``³ from :func:`~neuroflood.synthetic.make_em_volume` (seeds
+    ``seed`` and ``seed + 1``), partitioned as google/ffn's ``compute_partitions`` with the
+    LOM radius ``fov // 2 + delta`` (24 for the FIB-25 geometry, as the README) and sampled
+    class-balanced by :func:`~neuroflood.prepare.coordinates.build_coordinates`. The held-out
+    volume is a different volume, not other places of the training one. Returns the
+    TrainConfig options (images, labels, coords, eval_coords). Reuses files already there.
+    """
+    from ..prepare.coordinates import build_coordinates
+    from ..prepare.partitions import compute_partitions
+    from ..synthetic import make_em_volume
+    from ..volume import write_volume
+
+    work = Path(work)
+    work.mkdir(parents=True, exist_ok=True)
+    radius = [f // 2 + d for f, d in zip(model.fov_size, model.deltas)]
+    if size < 2 * max(radius) + 8:
+        raise ConfigError(f"--data-size {size} is too small for FOV {tuple(model.fov_size)} and deltas {tuple(model.deltas)}; use at least {2 * max(radius) + 8}")
+    options: dict[str, Any] = {"images": {}, "labels": {}}
+    for name, s, key in (("train", seed, "coords"), ("heldout", seed + 1, "eval_coords")):
+        h5, coords = work / f"{name}-{size}-{s}.h5", work / f"{name}-{size}-{s}-r{'_'.join(map(str, radius))}.nfc"
+        if not h5.exists():
+            image, labels = make_em_volume((size,) * 3, seed=s, **STUDY_SYNTH)  # type: ignore[arg-type]
+            tmp = h5.with_suffix(".tmp.h5")
+            write_volume(f"{tmp}:image", image, overwrite=True)
+            write_volume(f"{tmp}:labels", labels, overwrite=True)
+            os.replace(tmp, h5)
+        if not coords.exists():
+            from ..volume import open_volume
+
+            labels = open_volume(f"{h5}:labels")[...]
+            parts = compute_partitions(labels, lom_radius=radius, min_size=1000, margin=radius)
+            build_coordinates([parts], [name], coords, margin=radius, seed=s, allow_missing_classes=True, progress=progress)
+        options["images"][name] = f"{h5}:image"
+        options["labels"][name] = f"{h5}:labels"
+        options[key] = str(coords)
+    return options
+
+
+def base_options(run_dir: Path, model: ModelConfig, data: dict[str, Any], **kw: Any) -> dict[str, Any]:
+    """TrainConfig options of a study run: quiet, no periodic checkpoints, no TensorBoard."""
+    return {
+        **data,
+        "run_dir": str(run_dir),
+        "model": model.model_dump(mode="json"),
+        "tensorboard": False,
+        "progress": False,
+        "checkpoint_every_secs": None,
+        "summary_every_secs": 1e9,
+        **kw,
+    }
+
+
+def _in_process(options: dict[str, Any]) -> None:
+    from ..train.config import TrainConfig
+    from ..train.loop import train
+
+    options = dict(options)
+    model = ModelConfig(**options.pop("model"))
+    train(TrainConfig.build(options, {"model": model}))
+
+
+def launch_command(launcher: str | None, workers: int, threads: int) -> list[str]:
+    """The command that starts ``workers`` ranks of ``neuroflood train`` (before its options).
+
+    Without a launcher: ``python -m neuroflood train --nproc-per-node N``. A launcher is a
+    template with ``{workers}`` (and optionally ``{threads}``), e.g. ``srun --ntasks {workers}
+    --cpus-per-task {threads}``; ``neuroflood train`` is appended to it.
+    """
+    if not launcher:
+        return [sys.executable, "-m", "neuroflood", "train", "--nproc-per-node", str(workers)]
+    try:
+        words = shlex.split(launcher.format(workers=workers, threads=threads))
+    except (KeyError, IndexError, ValueError) as e:
+        raise ConfigError(f"--launcher {launcher!r} is not a valid template ({e}); use {{workers}} and {{threads}} only") from None
+    return [*words, sys.executable, "-m", "neuroflood", "train"]
+
+
+def execute(options: dict[str, Any], workers: int = 1, mode: str = "emulated", launcher: str | None = None, threads: int = 1) -> dict[str, Any]:
+    """Run one training configuration with ``workers`` workers; return its records.
+
+    ``emulated``: in this process (``emulate_workers = workers``); ``real``: ``workers`` ranks
+    via :func:`launch_command`. Returns ``{"train": [...], "eval": [...], "wall_s": …}`` from
+    the run's ``metrics.jsonl``.
+    """
+    run_dir = Path(options["run_dir"])
+    t0 = time.perf_counter()
+    if mode == "emulated":
+        _in_process({**options, "emulate_workers": workers})
+    elif mode == "real":
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cfg = run_dir.parent / f"{run_dir.name}.config.json"
+        cfg.write_text(json.dumps({**options, "threads": threads}))
+        cmd = [*launch_command(launcher, workers, threads), "--config", str(cfg)]
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        done = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        if done.returncode != 0:
+            raise ConfigError(f"training run {run_dir} failed (exit {done.returncode}): {done.stderr.strip()[-1500:]}")
+    else:
+        raise ConfigError(f"unknown --mode {mode!r}; use emulated or real")
+    records = [json.loads(s) for s in (run_dir / "metrics.jsonl").read_text().splitlines() if s.strip()]
+    return {
+        "train": [r for r in records if r["split"] == "train"],
+        "eval": [r for r in records if r["split"] == "eval"],
+        "wall_s": time.perf_counter() - t0,
+    }
+
+
+def _worker_init(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)  # once, at the start of each pool process
+
+
+def _execute_star(args: tuple) -> dict[str, Any]:
+    return execute(*args)
+
+
+def execute_all(
+    jobs: Sequence[tuple[dict[str, Any], int]], mode: str, launcher: str | None, threads: int, parallel: int = 1, progress: bool = True
+) -> list[dict[str, Any]]:
+    """Run ``(options, workers)`` pairs, ``parallel`` at a time (separate processes), in order."""
+    from tqdm import tqdm
+
+    args = [(opts, n, mode, launcher, threads) for opts, n in jobs]
+    if mode == "emulated" and parallel <= 1 and args:
+        # The first run in a process pays one-time costs (kernel selection, allocator
+        # growth); a short throw-away run keeps them out of the timed runs.
+        first = args[0][0]
+        execute({**first, "run_dir": str(Path(first["run_dir"]).parent / "_warmup"), "max_steps": 3, "eval_coords": None,
+                 "eval_every_steps": None, "fixed_sample_budget": False}, 1, mode, launcher, threads)
+    bar = tqdm(total=len(args), desc="runs", unit="run", file=sys.stderr, disable=not progress, dynamic_ncols=True)
+    out: list[dict[str, Any]] = []
+    try:
+        if parallel <= 1 or mode == "real":
+            for a in args:
+                out.append(execute(*a))
+                bar.update(1)
+        else:
+            import multiprocessing
+
+            ctx = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(parallel, mp_context=ctx, initializer=_worker_init, initargs=(threads,)) as pool:
+                for r in pool.map(_execute_star, args):
+                    out.append(r)
+                    bar.update(1)
+    finally:
+        bar.close()
+    return out
+
+
+def machine() -> dict[str, Any]:
+    """Where and when the numbers were measured (load average included: shared machines)."""
+    import platform
+
+    import torch
+
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "host": platform.node(),
+        "cpus": os.cpu_count(),
+        "load_average": [round(v, 2) for v in os.getloadavg()],
+        "torch": torch.__version__,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Write JSON atomically (temporary name, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, default=float) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def first_time(records: Sequence[dict[str, Any]], key: str, threshold: float) -> float | None:
+    """Training time (``time_s``) of the first record with ``key >= threshold``, else None."""
+    for r in records:
+        if r.get(key) is not None and r[key] >= threshold:
+            return float(r["time_s"])
+    return None
