@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Sequence
@@ -157,6 +159,8 @@ def launch_local(
         threads_per_worker = max(1, (os.cpu_count() or 1) // nproc)
     os.environ["OMP_NUM_THREADS"] = str(threads_per_worker)
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    # The agent's own files (empty unless redirected); otherwise it leaves a temp dir behind.
+    log_dir = tempfile.mkdtemp(prefix="neuroflood-agent-")
     args = get_args_parser().parse_args(
         [
             "--nnodes=1",
@@ -166,6 +170,7 @@ def launch_local(
             f"--rdzv-endpoint=127.0.0.1:{_free_port()}",
             "--monitor-interval=1",
             f"--shutdown-timeout={shutdown_timeout_s}",
+            f"--log-dir={log_dir}",
             "-m",
             "neuroflood",
             *argv,
@@ -180,6 +185,8 @@ def launch_local(
     except Exception as e:  # ChildFailedError: the agent already printed each worker's failure
         print(f"neuroflood: error: a worker failed ({type(e).__name__}); see the messages above", file=sys.stderr)
         return 1
+    finally:
+        shutil.rmtree(log_dir, ignore_errors=True)
     return 0
 
 

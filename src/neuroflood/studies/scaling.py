@@ -75,6 +75,7 @@ def run_scaling(
     for r in rows:
         r["machine"] = info
     write_json(out / "scaling.json", rows)
-    title = f"Training throughput, {model.split(',fov')[0]} FOV {mcfg.fov_size[0]}³, batch {batch_size}/worker, {threads} thread(s)/worker"
+    title = (f"Training throughput vs workers (labels: efficiency)\n"
+             f"depth {mcfg.depth}, {mcfg.features} features, FOV {mcfg.fov_size[0]}³, batch {batch_size}/worker, {threads} thread(s)/worker")
     plot_scaling(rows, out / "scaling.png", title=title, reference=PAPER_SCALING)
     return rows
