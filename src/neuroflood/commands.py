@@ -1,4 +1,4 @@
-"""CLI commands that belong to no single stage: ``neuroflood synth`` and ``neuroflood export``."""
+"""CLI commands that belong to no single stage: ``synth``, ``export`` and ``demo``."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--membrane-contrast", type=float, default=None, help="0 invisible .. 1 FIB-25-like")
     p.set_defaults(func=_synth)
     register_export(sub)
+    register_demo(sub)
 
 
 def _synth(args: argparse.Namespace) -> int:
@@ -69,4 +70,37 @@ def _export(args: argparse.Namespace) -> int:
 
     out = copy_volume(args.src, args.dst, parse_ints(args.block, 3, "--block"), overwrite=args.overwrite)
     print(f"wrote {args.dst}: shape {out.shape}, {out.dtype}")
+    return 0
+
+
+def register_demo(sub: argparse._SubParsersAction) -> None:
+    from .cli import add_command
+
+    p = add_command(
+        sub,
+        "demo",
+        "run the whole pipeline on synthetic data (or the published model on FIB-25)",
+        "Generate a synthetic EM training volume and a separate test volume, prepare "
+        "coordinates, train a small FFN on --workers processes (DDP on CPU), segment the test "
+        "volume, and evaluate it: OUT/report.html and OUT/metrics.json (with seconds per "
+        "stage). Each stage prints the neuroflood command it runs. With --fib25 SHARED, segment "
+        "a crop of the FIB-25 sample with the published google/ffn model and evaluate it instead.",
+    )
+    p.add_argument("--out", default="demo_out", help="output directory (must be empty or absent)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic volumes and of training")
+    p.add_argument("--size", choices=["full", "tiny"], default="full", help="tiny: a seconds-long smoke run")
+    p.add_argument("--workers", type=int, default=2, help="training processes (synchronous data parallel)")
+    p.add_argument("--fib25", default=None, metavar="SHARED", help="the shared folder holding data/fib25 and models/fib25")
+    p.add_argument("--bbox", default="0,0,0:100,100,100", help="with --fib25: the crop to segment, z0,y0,x0:z1,y1,x1")
+    p.set_defaults(func=_demo)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo, run_fib25_demo, summary_text
+
+    if args.fib25:
+        metrics = run_fib25_demo(args.out, args.fib25, args.bbox)
+    else:
+        metrics = run_demo(args.out, args.size, args.seed, args.workers)
+    print(summary_text(metrics, args.out))
     return 0

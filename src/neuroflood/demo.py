@@ -1,0 +1,177 @@
+"""``neuroflood demo``: the whole pipeline on data it makes itself, on two CPU cores.
+
+Stages (each one of neuroflood's own commands, run as a user would run it):
+
+1. ``synth``    an EM-like training volume and a separate test volume with ground truth;
+2. ``prepare``  partitions and class-balanced training coordinates;
+3. ``train``    a small FFN on 2 workers (synchronous data parallel, DDP on CPU);
+4. ``segment``  the test volume with the trained network;
+5. ``evaluate`` against the test volume's ground truth: ``OUT/metrics.json``,
+   ``OUT/report.html``.
+
+``--fib25 PATH`` instead segments a crop of the FIB-25 sample with the published google/ffn
+model and evaluates it. Every command is printed before it runs, so that the demo doubles as
+a recipe for your own data.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DemoSize:
+    """How big the demo is: ``full`` for ``make demo``, ``tiny`` for the CI test."""
+
+    train_shape: tuple[int, int, int]
+    test_shape: tuple[int, int, int]
+    model: str
+    train_seconds: float
+    max_steps: int
+    batch_size: int
+    min_segment_size: int
+
+
+SIZES = {
+    "full": DemoSize((96, 128, 128), (64, 112, 112), "depth=4,features=24,fov=17,17,17,deltas=4,4,4", 330.0, 100000, 4, 300),
+    "tiny": DemoSize((48, 64, 64), (32, 48, 48), "depth=3,features=16,fov=11,11,11,deltas=3,3,3", 60.0, 100000, 4, 100),
+}
+
+
+def _run(stage: str, argv: list[str], log: Callable[[str], None]) -> float:
+    """Run one neuroflood command in this process; return its wall time."""
+    from .cli import main
+
+    log(f"\n== {stage}: neuroflood {' '.join(shlex.quote(a) for a in argv)}")
+    t0 = time.time()
+    code = main(argv)
+    if code != 0:
+        raise ConfigError(f"demo stage {stage!r} failed (exit {code}); see the messages above")
+    return time.time() - t0
+
+
+def run_demo(out: str | os.PathLike, size: str = "full", seed: int = 0, workers: int = 2, log: Callable[[str], None] | None = None) -> dict:
+    """Run the synthetic demo into ``out``; return the metrics (with ``seconds`` per stage)."""
+    log = log or (lambda s: print(s, file=sys.stderr, flush=True))
+    if size not in SIZES:
+        raise ConfigError(f"unknown demo size {size!r}; use one of {', '.join(SIZES)}")
+    s = SIZES[size]
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"{out} exists and is not empty; choose another --out or delete it")
+    out.mkdir(parents=True, exist_ok=True)
+    data, prep, run, seg_dir = out / "data", out / "prepare", out / "train", out / "segment"
+    data.mkdir()
+    seg_dir.mkdir()
+    train_h5, test_h5 = data / "train.h5", data / "test.h5"
+    from .config import ModelConfig
+
+    model = ModelConfig.parse_spec(s.model)
+    margin = ",".join(str(f // 2 + d) for f, d in zip(model.fov_size, model.deltas))
+    seconds: dict[str, float] = {}
+    t_start = time.time()
+    seconds["synth"] = _run("synth", ["synth", "--shape", ",".join(map(str, s.train_shape)), "--seed", str(seed), "--out", str(train_h5)], log)
+    seconds["synth"] += _run("synth", ["synth", "--shape", ",".join(map(str, s.test_shape)), "--seed", str(seed + 1000), "--out", str(test_h5)], log)
+    seconds["prepare"] = _run(
+        "prepare",
+        [
+            "prepare", "--labels", f"train={train_h5}:labels", "--image", f"train={train_h5}:image",
+            "--out", str(prep), "--lom-radius", margin, "--margin", margin, "--min-size", "100",
+            "--seed", str(seed), "--allow-missing-classes",
+        ],
+        log,
+    )
+    seconds["train"] = _run(
+        "train",
+        [
+            "train", "--nproc-per-node", str(workers),
+            "--image", f"train={train_h5}:image", "--labels", f"train={train_h5}:labels",
+            "--coords", str(prep / "coordinates.nfc"), "--run-dir", str(run), "--model", s.model,
+            "--optimizer", "adam", "--learning-rate", "0.001", "--batch-size", str(s.batch_size),
+            "--max-steps", str(s.max_steps), "--max-train-seconds", str(s.train_seconds),
+            "--seed", str(seed), "--summary-every-secs", "15", "--checkpoint-every-secs", "120",
+        ],
+        log,
+    )
+    from .train.checkpoint import latest_checkpoint
+
+    latest = latest_checkpoint(run)
+    if latest is None:
+        raise ConfigError(f"training wrote no checkpoint into {run}; see the messages above")
+    seg = f"{seg_dir}/seg.h5:segmentation"
+    seconds["segment"] = _run(
+        "segment",
+        [
+            "segment", "--model", str(latest / "model"), "--image", f"{test_h5}:image",
+            "--out", seg, "--summary", str(seg_dir / "summary.json"),
+            "--set", f"options.min_segment_size={s.min_segment_size}",
+        ],
+        log,
+    )
+    seconds["evaluate"] = _run(
+        "evaluate", ["evaluate", seg, f"{test_h5}:labels", "--image", f"{test_h5}:image", "--out", str(out)], log
+    )
+    seconds["total"] = time.time() - t_start
+    metrics = json.loads((out / "metrics.json").read_text())
+    metrics["seconds"] = {k: round(v, 1) for k, v in seconds.items()}
+    metrics["demo"] = {"size": size, "seed": seed, "workers": workers, "model": s.model}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def run_fib25_demo(out: str | os.PathLike, shared: str | os.PathLike, bbox: str = "0,0,0:100,100,100", log: Callable[[str], None] | None = None) -> dict:
+    """Segment a FIB-25 crop with the published model and evaluate it against ground truth."""
+    log = log or (lambda s: print(s, file=sys.stderr, flush=True))
+    shared = Path(shared)
+    h5 = shared / "data" / "fib25" / "training_sample2.h5"
+    ckpt = shared / "models" / "fib25" / "model.ckpt-27465036"
+    if not h5.exists() or not Path(f"{ckpt}.index").exists():
+        raise ConfigError(f"{shared} does not hold data/fib25/training_sample2.h5 and models/fib25/; give the shared folder")
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"{out} exists and is not empty; choose another --out or delete it")
+    out.mkdir(parents=True, exist_ok=True)
+    seconds: dict[str, float] = {}
+    t_start = time.time()
+    seg = f"{out}/segment/seg.h5:segmentation"
+    (out / "segment").mkdir()
+    seconds["segment"] = _run(
+        "segment",
+        ["segment", "--model", str(ckpt), "--image", f"{h5}:image", "--bbox", bbox, "--out", seg, "--summary", str(out / "segment" / "summary.json")],
+        log,
+    )
+    seconds["evaluate"] = _run(
+        "evaluate", ["evaluate", seg, f"{h5}:labels", "--image", f"{h5}:image", "--bbox", bbox, "--out", str(out)], log
+    )
+    seconds["total"] = time.time() - t_start
+    metrics = json.loads((out / "metrics.json").read_text())
+    metrics["seconds"] = {k: round(v, 1) for k, v in seconds.items()}
+    metrics["demo"] = {"fib25": str(h5), "bbox": bbox, "model": str(ckpt)}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def summary_text(metrics: dict, out: str | os.PathLike) -> str:
+    lines = ["", "neuroflood demo finished", ""]
+    for key in ("adapted_rand_error", "vi", "vi_split", "vi_merge", "n_segments", "n_gt_objects"):
+        if key in metrics:
+            v = metrics[key]
+            lines.append(f"  {key:20s} {v:.4f}" if isinstance(v, float) else f"  {key:20s} {v}")
+    lines.append("  seconds per stage:   " + ", ".join(f"{k} {v:.0f}" for k, v in metrics["seconds"].items()))
+    lines.append(f"  report:              {Path(out) / 'report.html'}")
+    return "\n".join(lines)
+
+
+def remove_partial(out: Path) -> None:
+    """Remove a demo directory left by a failed run (it holds only what the demo made)."""
+    shutil.rmtree(out, ignore_errors=True)
