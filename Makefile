@@ -22,6 +22,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 demo: $(STAMP)
+	rm -rf demo_out
 	$(BIN)/neuroflood demo --out demo_out
 
 clean:
