@@ -108,6 +108,7 @@ def main() -> int:
 
     torch.set_num_threads(args.threads)  # once, at start
     from neuroflood.config import ModelConfig
+    from neuroflood.prepare.coordfile import open_coordinates
     from neuroflood.train.config import TrainConfig
     from neuroflood.train.loop import train
 
@@ -164,7 +165,7 @@ def main() -> int:
                 "best_eval_f1": max((c["f1"] or 0) for c in curve) if curve else None,
                 "steps": records[-1]["step"] if records else 0,
                 "wall_s_including_eval": wall,
-                "coords": len(__import__("neuroflood.prepare.coordfile", fromlist=["x"]).open_coordinates(d["coords"])),
+                "coords": len(open_coordinates(d["coords"])),
             }
             print(f"{name}: final held-out F1 {results['runs'][name]['final_eval_f1']}, best "
                   f"{results['runs'][name]['best_eval_f1']}, F1>=0.8 at {hit} s of training, "
