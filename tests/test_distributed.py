@@ -186,8 +186,10 @@ def test_killed_rank_restarts_from_last_checkpoint(data, tmp_path):
     resumed = int(launches[1]["resumed_from"].split("-")[1])
     assert resumed >= 2 * every and resumed % every == 0  # not from scratch
     steps = [r["step"] for r in _metrics(run) if r["split"] == "train"]
-    cut = next(i for i in range(1, len(steps)) if steps[i] <= steps[i - 1])  # where the restart begins
-    assert steps[cut] == resumed + 1 and steps[-1] == total
+    # The restart's first summary is step resumed + 1 (the first run may have logged it too,
+    # if it was killed after that step: then the restart's is the later one).
+    cut = max(i for i, s in enumerate(steps) if s == resumed + 1)
+    assert steps[-1] == total
     assert 0 <= steps[cut - 1] - resumed <= every  # lost at most the steps since that checkpoint
     assert steps[:cut] == list(range(1, steps[cut - 1] + 1)) and steps[cut:] == list(range(resumed + 1, total + 1))
 
