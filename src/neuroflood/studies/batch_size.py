@@ -38,7 +38,7 @@ def run_batch_size(
     eval_examples: int = 64,
     mode: str = "emulated",
     launcher: str | None = None,
-    threads: int = 2,
+    threads: int = 1,
     jobs: int = 1,
     data_size: int = 80,
     seed: int = 0,

@@ -98,7 +98,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s = add_command(studies, "batch-size", "held-out F1 against wall time and FOVs processed for several global batch sizes",
                     "Train each global batch size (per-worker batch x workers) on the same number of FOVs, evaluating "
                     "held-out F1 at regular intervals. Writes OUT/batch_size.json and OUT/batch_size.png.")
-    _common(s, 1, 2)
+    _common(s, 1, 1)
     s.add_argument("--global-batches", type=_ints, default="4,8,16,32", help="global batch sizes (multiples of --batch-size)")
     s.add_argument("--batch-size", type=int, default=4, help="FOVs per worker per step")
     s.add_argument("--fovs", type=int, default=4800, help="FOVs per run")
@@ -114,7 +114,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "Train each optimizer (own base learning rate) with and without a linear warm-up on the same number of "
                     "FOVs, evaluating on held-out coordinates at regular intervals. Writes OUT/optimizers.json and "
                     "OUT/optimizers.png.")
-    _common(s, 1, 2)
+    _common(s, 1, 1)
     s.add_argument("--optimizers", default="sgd,momentum,adam,adagrad,rmsprop", help="optimizers, comma-separated")
     s.add_argument("--learning-rates", type=_lrs, help="per-optimizer learning rates, e.g. adam=1e-3,sgd=0.05 "
                    "(default: sgd=0.05, momentum=0.005, adam=0.001, adagrad=0.05, rmsprop=0.001)")

@@ -41,7 +41,7 @@ def run_optimizers(
     eval_examples: int = 64,
     mode: str = "emulated",
     launcher: str | None = None,
-    threads: int = 2,
+    threads: int = 1,
     jobs: int = 1,
     data_size: int = 80,
     seed: int = 0,
