@@ -180,46 +180,10 @@ class ArrayVolume(Volume):
         self.array[slices] = value
 
 
-class H5Volume(Volume):
-    def __init__(self, spec: str, path: str, dataset: str, mode: str = "r"):
-        import h5py
+class _WrappedArrayVolume(Volume):
+    """A volume over an array object with numpy-style slicing and ``attrs`` (h5py, zarr)."""
 
-        self._file = h5py.File(path, mode)
-        if dataset not in self._file or not isinstance(self._file[dataset], h5py.Dataset):
-            names = []
-            self._file.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
-            self._file.close()
-            raise VolumeError(
-                f"no dataset {dataset!r} in {path} (has: {', '.join(names) or 'none'}); "
-                f"name one of those after ':'"
-            )
-        self._ds = self._file[dataset]
-        super().__init__(spec, self._ds.shape, self._ds.dtype, writable=mode != "r")
-
-    @property
-    def attrs(self) -> dict:
-        return dict(self._ds.attrs)
-
-    def set_attrs(self, **attrs: Any) -> None:
-        self._ds.attrs.update(attrs)
-
-    def _read(self, slices):
-        return self._ds[slices]
-
-    def _write(self, slices, value):
-        self._ds[slices] = value
-
-    def close(self) -> None:
-        try:
-            self._file.close()
-        except Exception:  # already closed
-            pass
-
-
-class ZarrVolume(Volume):
-    def __init__(self, spec: str, array: Any, writable: bool):
-        self._arr = array
-        super().__init__(spec, array.shape, array.dtype, writable)
+    _arr: Any
 
     @property
     def attrs(self) -> dict:
@@ -235,8 +199,37 @@ class ZarrVolume(Volume):
         self._arr[slices] = value
 
 
+class H5Volume(_WrappedArrayVolume):
+    def __init__(self, spec: str, path: str, dataset: str, mode: str = "r"):
+        import h5py
+
+        self._file = h5py.File(path, mode)
+        if dataset not in self._file or not isinstance(self._file[dataset], h5py.Dataset):
+            names = []
+            self._file.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
+            self._file.close()
+            raise VolumeError(
+                f"no dataset {dataset!r} in {path} (has: {', '.join(names) or 'none'}); "
+                f"name one of those after ':'"
+            )
+        self._arr = self._file[dataset]
+        super().__init__(spec, self._arr.shape, self._arr.dtype, writable=mode != "r")
+
+    def close(self) -> None:
+        try:
+            self._file.close()
+        except Exception:  # already closed
+            pass
+
+
+class ZarrVolume(_WrappedArrayVolume):
+    def __init__(self, spec: str, array: Any, writable: bool):
+        self._arr = array
+        super().__init__(spec, array.shape, array.dtype, writable)
+
+
 class TensorstoreVolume(Volume):
-    """N5 and neuglancer precomputed. ``transpose`` maps stored axes to z, y, x."""
+    """N5 and neuroglancer precomputed (whose stored x, y, z[, c] axes are shown as z, y, x[, c])."""
 
     def __init__(self, spec: str, store: Any, writable: bool, xyz: bool = False):
         self._store = store
