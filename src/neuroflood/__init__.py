@@ -6,23 +6,18 @@ network do not pay for importing torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ._lazy import lazy_getattr
 
 __version__ = "0.1.0"
 
 _API = {
-    "load_model": "neuroflood.model",
-    "save_model": "neuroflood.model",
-    "build_model": "neuroflood.model",
-    "open_volume": "neuroflood.volume",
-    "create_volume": "neuroflood.volume",
-    "write_volume": "neuroflood.volume",
+    "load_model": ".model",
+    "save_model": ".model",
+    "build_model": ".model",
+    "open_volume": ".volume",
+    "create_volume": ".volume",
+    "write_volume": ".volume",
 }
 __all__ = [*_API, "__version__"]
 
-
-def __getattr__(name: str) -> Any:
-    if name in _API:
-        return getattr(importlib.import_module(_API[name]), name)
-    raise AttributeError(f"module 'neuroflood' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _API)

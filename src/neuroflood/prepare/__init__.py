@@ -5,22 +5,17 @@ Imported lazily (PEP 562) so that the CLI starts without loading scipy and frien
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from .._lazy import lazy_getattr
 
 _API = {
-    "CoordinateSet": "coordfile",
-    "CoordinateShard": "coordfile",
-    "open_coordinates": "coordfile",
-    "write_coordinates": "coordfile",
-    "compute_partitions": "partitions",
-    "build_coordinates": "coordinates",
-    "read_tfrecord_coordinates": "tfrecord",
+    "CoordinateSet": ".coordfile",
+    "CoordinateShard": ".coordfile",
+    "open_coordinates": ".coordfile",
+    "write_coordinates": ".coordfile",
+    "compute_partitions": ".partitions",
+    "build_coordinates": ".coordinates",
+    "read_tfrecord_coordinates": ".tfrecord",
 }
 __all__ = list(_API)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _API:
-        return getattr(importlib.import_module(f"{__name__}.{_API[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _API)
