@@ -169,7 +169,7 @@ def run_blocks(
 ) -> BlockwiseResult:
     """Segment every unfinished block; return what this worker did (all ranks call this)."""
     cores = open_volume(paths.cores_spec, mode="r+")
-    claim = _claim_blocks(len(grid), info, f"neuroflood/{paths.work}/claim/{time.time_ns() if not info.distributed else 0}")
+    claim = _claim_blocks(len(grid), info, f"neuroflood/{paths.work}/claim")
     result = BlockwiseResult(blocks=len(grid), blocks_run=[], blocks_skipped=0)
     bar = _progress(grid, paths, info, progress)
     t0 = time.time()
