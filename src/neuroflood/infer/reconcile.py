@@ -101,3 +101,25 @@ def apply_mapping(block_ids: np.ndarray, ids: np.ndarray, new: np.ndarray, dtype
     vals[hit] = new[pos[hit]]
     out[nz] = vals
     return out
+
+
+def face_splits(reference: np.ndarray, stitched: np.ndarray, stride: tuple[int, ...]) -> dict[int, int]:
+    """Objects of ``reference`` cut apart at block faces in ``stitched``.
+
+    Both arrays cover the whole box; block cores start every ``stride`` voxels along each axis
+    (:class:`~neuroflood.infer.blocks.BlockGrid`). A face splits an object when two voxels
+    facing each other across it share a non-zero id in ``reference`` but carry two different
+    non-zero ids in ``stitched``. Returns ``{reference id: number of such voxel pairs}``; an
+    empty dict means no seams.
+    """
+    if reference.shape != stitched.shape:
+        raise ValueError(f"reference {reference.shape} and stitched {stitched.shape} differ in shape")
+    counts: dict[int, int] = {}
+    for axis, step in enumerate(stride):
+        for face in range(step, reference.shape[axis], step):
+            a0, a1 = np.take(reference, face - 1, axis), np.take(reference, face, axis)
+            s0, s1 = np.take(stitched, face - 1, axis), np.take(stitched, face, axis)
+            cut = (a0 == a1) & (a0 != 0) & (s0 != s1) & (s0 != 0) & (s1 != 0)
+            for obj, n in zip(*np.unique(a0[cut], return_counts=True)):
+                counts[int(obj)] = counts.get(int(obj), 0) + int(n)
+    return counts

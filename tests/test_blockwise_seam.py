@@ -1,0 +1,140 @@
+"""The seam test: FFN inference over 8 blocks on 2 workers agrees with one block.
+
+The network is an *oracle* with the FFN's interface (image and seed in, logits out): in each
+FOV it predicts the voxels that share the centre voxel's grey value, on an image whose
+grey values code the ground-truth objects (0 on membranes). Everything else is the real
+pipeline: Canvas, grid seeds, face-max moves, block context, the 2 workers claiming
+blocks, overlap reconciliation and relabelling. A network that never merges makes any merge
+in the stitched result the reconciliation's doing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from neuroflood.config import ModelConfig
+from neuroflood.evaluate.metrics import contingency_table, segmentation_metrics
+from neuroflood.infer.reconcile import face_splits
+
+HERE = Path(__file__).resolve().parent
+SHAPE = (48, 64, 64)
+BLOCK, OVERLAP = (36, 44, 44), (12, 12, 12)  # stride 24,32,32: 2 x 2 x 2 blocks; overlap 2*(fov//2 + delta)
+STRIDE = tuple(b - o for b, o in zip(BLOCK, OVERLAP))
+REQUEST = {"options": {"min_segment_size": 20}, "seed_policy": "PolicyGrid3d"}  # dense seeds: every object is seeded in every block
+
+
+class OracleFFN(torch.nn.Module):
+    """Predicts, per FOV, the voxels that share the centre voxel's grey value (object code)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        # mean 0, stddev 1: the network sees the raw grey values (the object codes)
+        self.config = ModelConfig(depth=1, features=4, fov_size=(9, 9, 9), deltas=(2, 2, 2), image_mean=0.0, image_stddev=1.0)
+
+    def forward(self, image: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
+        out = seed.clone()
+        c = tuple(s // 2 for s in image.shape[2:])
+        for b in range(image.shape[0]):
+            codes = image[b, 0].round()
+            if codes[c] == 0:  # a membrane: nothing to add
+                continue
+            out[b, 0] = torch.where(codes == codes[c], 4.0, -4.0)
+        return out
+
+
+def coded_image(seed: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """(image, labels): grey value = 1 + label % 250 inside objects, 0 on their boundaries."""
+    from neuroflood.synthetic import _boundaries, make_em_volume
+
+    _, labels = make_em_volume(SHAPE, seed=seed)
+    image = (1 + labels % 250).astype(np.uint8)
+    image[_boundaries(labels)] = 0
+    return image, labels
+
+
+def _worker(image_spec: str, out: str) -> None:
+    """One of the 2 workers (run in its own process, joined through torch.distributed)."""
+    from neuroflood.bbox import BoundingBox
+    from neuroflood.distributed import cleanup, init_distributed
+    from neuroflood.infer.blockwise import FFNBlockSegmenter, segment_blockwise
+    from neuroflood.infer.config import InferenceRequest
+    from neuroflood.volume import open_volume
+
+    torch.set_num_threads(1)
+    info = init_distributed("cpu")
+    model = OracleFFN()
+    image = open_volume(image_spec)
+    segment_blockwise(
+        out, image, BoundingBox.from_shape(image.shape), BLOCK, OVERLAP,
+        FFNBlockSegmenter(model, InferenceRequest.model_validate(REQUEST)), {"model": "oracle"}, info, progress=False,
+    )
+    cleanup()
+
+
+def _run_two_workers(image_spec: str, out: str) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code = f"import sys; sys.path.insert(0, {str(HERE)!r}); import test_blockwise_seam as t; t._worker({image_spec!r}, {out!r})"
+    procs = []
+    for rank in range(2):
+        env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+               "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}
+        procs.append(subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE, text=True))
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(e[-2000:] for e in errors)
+
+
+def test_eight_blocks_on_two_workers_against_one_block(tmp_path):
+    """8 blocks, 2 workers: no false merges, the pieces are joined; seams are measured.
+
+    What holds exactly: the stitched result merges no two ground-truth objects (the oracle
+    never merges, so a merge could only come from reconciliation), every block ran once, ids
+    are sequential. Agreement with the one-block result is printed, not asserted: even with
+    this oracle the two differ (adapted Rand 0.07 on 2026-11-26), because a flood fill's
+    splits depend on where its seeds and FOV moves fall, and blocks change both (see
+    docs/benchmarks.md, "Blockwise seams"). Issue #7's target is <= 0.02.
+    """
+    from neuroflood.infer.segment import segment_subvolume
+    from neuroflood.volume import open_volume, write_volume
+
+    image, labels = coded_image()
+    write_volume(f"{tmp_path}/coded.h5:image", image)
+    one = segment_subvolume(OracleFFN(), image, REQUEST).segmentation.astype(np.uint64)
+
+    out = f"{tmp_path}/seg.zarr/seg"
+    _run_two_workers(f"{tmp_path}/coded.h5:image", out)
+    stitched = open_volume(out)[...].astype(np.uint64)
+    done = [json.loads(p.read_text()) for p in (tmp_path / "seg.zarr" / ".seg.work" / "blocks").glob("*.done")]
+    assert sorted(d["block"] for d in done) == list(range(8)) and {d["rank"] for d in done} == {0, 1}
+    ids = np.unique(stitched[stitched > 0])
+    assert np.array_equal(ids, np.arange(1, len(ids) + 1))
+
+    vs_gt = segmentation_metrics(contingency_table(stitched, labels))
+    assert vs_gt["vi_merge_segmented"] == 0.0  # reconciliation joined no two distinct objects
+    assert vs_gt["segmented_fraction"] > 0.6  # the blocks' pieces cover the volume (membranes are ~20%)
+    vs_one = segmentation_metrics(contingency_table(stitched, one))
+    splits = face_splits(one, stitched, STRIDE)
+    print(
+        f"stitched vs one block: adapted Rand {vs_one['adapted_rand_error']:.4f}, VI {vs_one['vi']:.4f}; "
+        f"objects split at a block face: {len(splits)} {splits}; split VI vs ground truth: stitched "
+        f"{vs_gt['vi_split_segmented']:.3f}, one block {segmentation_metrics(contingency_table(one, labels))['vi_split_segmented']:.3f}"
+    )
+
+
+def test_face_splits_counts_pairs_cut_at_faces():
+    ref = np.ones((4, 4, 4), np.uint64)
+    ref[:, :, 3] = 2
+    cut = ref.copy()
+    cut[2:] = np.where(cut[2:] == 1, 5, cut[2:])  # object 1 gets another id from z = 2 on
+    assert face_splits(ref, cut, (2, 4, 4)) == {1: 12}  # 4 x 3 voxel pairs across the z = 2 face
+    assert face_splits(ref, cut, (3, 4, 4)) == {}  # no face at z = 2: nothing is cut at a face
+    assert face_splits(ref, ref, (2, 2, 2)) == {}
