@@ -44,7 +44,7 @@ class DemoSize:
 
 
 SIZES = {
-    "full": DemoSize((96, 128, 128), (64, 112, 112), "depth=4,features=24,fov=17,17,17,deltas=4,4,4", 330.0, 100000, 4, 300),
+    "full": DemoSize((96, 128, 128), (64, 112, 112), "depth=4,features=16,fov=11,11,11,deltas=3,3,3", 360.0, 100000, 4, 300),
     # Steps, not seconds, bound the tiny run, so that its result does not depend on the load.
     "tiny": DemoSize(
         (48, 64, 64), (32, 48, 48), "depth=3,features=16,fov=11,11,11,deltas=3,3,3", 600.0, 800, 4, 100,
