@@ -1,0 +1,90 @@
+"""Blockwise against single-subvolume segmentation of a FIB-25 crop with the published model.
+
+    .venv/bin/python benchmarks/blockwise_fib25.py [--bbox 0,0,0:100,100,100] [--block 74,74,74] [--overlap 24,24,24]
+
+Runs ``neuroflood segment`` twice on the same crop of ../shared/data/fib25/training_sample2.h5
+with the published google/ffn FIB-25 checkpoint and the reference inference settings: once as
+one subvolume (2 threads), once in blocks on 2 workers (1 thread each), reconciled into one
+segmentation. Reports adapted Rand error and VI of the blockwise result against the single
+one, the objects split at block faces, and both against the ground truth. Writes
+benchmarks/results/blockwise_fib25.json. The defaults (2x2x2 blocks over the 100^3 crop,
+overlap 24, half the default 48) take about 15 minutes on two cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+H5 = SHARED / "data" / "fib25" / "training_sample2.h5"
+CKPT = SHARED / "models" / "fib25" / "model.ckpt-27465036"
+
+
+def _segment(argv: list[str]) -> float:
+    t0 = time.time()
+    subprocess.run([sys.executable, "-m", "neuroflood", "segment", "--no-progress", *argv], check=True)
+    return time.time() - t0
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--bbox", default="0,0,0:100,100,100")
+    p.add_argument("--block", default="74,74,74")
+    p.add_argument("--overlap", default="24,24,24")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "blockwise_fib25.json"))
+    args = p.parse_args()
+
+    from neuroflood.bbox import BoundingBox
+    from neuroflood.evaluate.metrics import contingency_table, segmentation_metrics
+    from neuroflood.infer.blocks import BlockGrid
+    from neuroflood.infer.reconcile import face_splits
+    from neuroflood.volume import open_volume
+
+    box = BoundingBox.parse(args.bbox)
+    grid = BlockGrid(BoundingBox.from_shape(box.size), [int(v) for v in args.block.split(",")], [int(v) for v in args.overlap.split(",")])
+    common = ["--model", str(CKPT), "--image", f"{H5}:image", "--bbox", args.bbox]
+    with tempfile.TemporaryDirectory(prefix="nf-bwfib-") as tmp:
+        t_single = _segment([*common, "--out", f"{tmp}/single.zarr/seg", "--threads", "2", "--summary", f"{tmp}/single.json"])
+        t_blocks = _segment([
+            *common, "--out", f"{tmp}/blocks.zarr/seg", "--block-size", args.block, "--overlap", args.overlap,
+            "--nproc-per-node", "2", "--threads", "1", "--summary", f"{tmp}/blocks.json",
+        ])
+        single = open_volume(f"{tmp}/single.zarr/seg")[...].astype(np.uint64)
+        blocks = open_volume(f"{tmp}/blocks.zarr/seg")[...].astype(np.uint64)
+        s_single = json.loads(Path(f"{tmp}/single.json").read_text())
+        s_blocks = json.loads(Path(f"{tmp}/blocks.json").read_text())
+    gt = open_volume(f"{H5}:labels")[box.to_slices()]
+    vs_single = segmentation_metrics(contingency_table(blocks, single))
+    pick = ("adapted_rand_error", "vi", "vi_split", "vi_merge", "n_segments", "segmented_fraction")
+    result = {
+        "benchmark": "blockwise_fib25",
+        "bbox": args.bbox,
+        "block": args.block,
+        "overlap": args.overlap,
+        "blocks": len(grid),
+        "single": {"seconds": round(t_single, 1), **{k: s_single[k] for k in ("fov_evaluations", "segments", "unsegmented_fraction")}},
+        "blockwise": {"seconds": round(t_blocks, 1), **{k: s_blocks[k] for k in ("fov_evaluations", "segments", "unsegmented_fraction", "joins")}},
+        "blockwise_vs_single": {k: vs_single[k] for k in pick},
+        "objects_split_at_faces": len(face_splits(single, blocks, grid.stride)),
+        "single_vs_ground_truth": {k: v for k, v in segmentation_metrics(contingency_table(single, gt)).items() if k in pick},
+        "blockwise_vs_ground_truth": {k: v for k, v in segmentation_metrics(contingency_table(blocks, gt)).items() if k in pick},
+        "machine": f"{os.cpu_count()}-core CPU",
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
