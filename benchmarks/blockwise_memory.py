@@ -23,7 +23,6 @@ import os
 import platform
 import resource
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -96,18 +95,11 @@ def worker(args: argparse.Namespace) -> None:
 
 def run_job(image: str, out: str, block: str, workers: int, report: str) -> list[dict]:
     """Start ``workers`` fresh processes of this script (gloo over localhost); return their reports."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    procs = []
-    for rank in range(workers):
-        env = {
-            **os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(workers),
-            "LOCAL_WORLD_SIZE": str(workers), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
-            "OMP_NUM_THREADS": "1",
-        }
-        cmd = [sys.executable, __file__, "--worker", "--image", image, "--out", out, "--block", block, "--report", report]
-        procs.append(subprocess.Popen(cmd, env=env))
+    from neuroflood.distributed import free_port, local_rank_env
+
+    port = free_port()
+    cmd = [sys.executable, __file__, "--worker", "--image", image, "--out", out, "--block", block, "--report", report]
+    procs = [subprocess.Popen(cmd, env=local_rank_env(rank, workers, port)) for rank in range(workers)]
     codes = [p.wait() for p in procs]
     if any(codes):
         raise SystemExit(f"a worker failed (exit codes {codes})")

@@ -1,4 +1,4 @@
-"""The seam test: FFN inference over 8 blocks on 2 workers agrees with one block.
+"""The seam test: FFN inference over 8 blocks on 2 workers against one block.
 
 The network is an *oracle* with the FFN's interface (image and seed in, logits out): in each
 FOV it predicts the voxels that share the centre voxel's grey value, on an image whose
@@ -11,8 +11,6 @@ in the stitched result the reconciliation's doing.
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -80,21 +78,20 @@ def _worker(image_spec: str, out: str) -> None:
 
 
 def _run_two_workers(image_spec: str, out: str) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from neuroflood.distributed import free_port, local_rank_env
+
+    port = free_port()
     code = f"import sys; sys.path.insert(0, {str(HERE)!r}); import test_blockwise_seam as t; t._worker({image_spec!r}, {out!r})"
-    procs = []
-    for rank in range(2):
-        env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
-               "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}
-        procs.append(subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE, text=True))
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code], env=local_rank_env(rank, 2, port), stderr=subprocess.PIPE, text=True)
+        for rank in range(2)
+    ]
     errors = [p.communicate(timeout=300)[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], "\n".join(e[-2000:] for e in errors)
 
 
 def test_eight_blocks_on_two_workers_against_one_block(tmp_path):
-    """8 blocks, 2 workers: no false merges, the pieces are joined; seams are measured.
+    """8 blocks, 2 workers: no false merges, full coverage; seams are measured.
 
     What holds exactly: the stitched result merges no two ground-truth objects (the oracle
     never merges, so a merge could only come from reconciliation), every block ran once, ids

@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,7 @@ import pytest
 from PIL import Image
 
 from neuroflood.cli import main
+from neuroflood.distributed import free_port
 from neuroflood.volume import write_volume
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "browser"
@@ -63,7 +63,7 @@ class WebDriver:
     """A minimal client of chromedriver's W3C WebDriver API: one headless Chromium session."""
 
     def __init__(self, width: int = 1400, height: int = 1000):
-        port = _free_port()
+        port = free_port()
         self.process = subprocess.Popen([CHROMEDRIVER, f"--port={port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.base = f"http://127.0.0.1:{port}"
         self.profile = tempfile.mkdtemp(prefix="nf-chromium-")
@@ -103,12 +103,6 @@ class WebDriver:
             self.process.terminate()
             self.process.wait(timeout=20)
             shutil.rmtree(self.profile, ignore_errors=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _save(pixels: np.ndarray, name: str) -> None:

@@ -12,7 +12,7 @@ from neuroflood.volume import open_volume
 
 
 def test_tiny_demo_runs_end_to_end(tmp_path):
-    """The whole pipeline at a size CI affords (800 training steps on 2 workers).
+    """The whole pipeline at a size CI affords (2,000 training steps on 2 workers).
 
     Its network is far from converged, so the check on quality is only that it beats the
     trivial segmentations (every voxel its own object; all one object) in adapted Rand error;

@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from neuroflood.config import ModelConfig
+from neuroflood.distributed import free_port
 from neuroflood.model import load_model
 from neuroflood.prepare.coordfile import write_coordinates
 from neuroflood.train.checkpoint import checkpoint_dirs
@@ -90,14 +91,6 @@ def _srun(config: Path, port: int) -> list[subprocess.Popen]:
     return procs
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return load_model(checkpoint_dirs(run_dir)[-1] / "model").state_dict()
 
@@ -158,7 +151,7 @@ def test_n_ranks_batch_b_equal_one_worker_batch_nb(data, tmp_path):
     write_coordinates(tmp_path / "ranks.bin", np.concatenate(per_rank), None, ["synth"])
     fixed = dict(max_steps=steps, fov_policy="no_step", shuffle_coordinates=False, permutable_axes=(), reflectable_axes=())
     opts = _options(data, tmp_path / "ranks", coords=str(tmp_path / "ranks.bin"), **fixed)
-    procs = _srun(_config_file(tmp_path / "ranks.json", opts), _free_port())
+    procs = _srun(_config_file(tmp_path / "ranks.json", opts), free_port())
     outs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs[0][1][-2000:] + outs[1][1][-2000:]
     _in_process({**opts, "run_dir": str(tmp_path / "one"), "coords": str(tmp_path / "one.bin"), "batch_size": n * b})
@@ -202,7 +195,7 @@ def test_sigterm_checkpoints_and_all_ranks_exit_cleanly(data, tmp_path):
     """
     run = tmp_path / "run"
     opts = _options(data, run, max_steps=100000, checkpoint_every_steps=10, summary_every_steps=1)
-    procs = _srun(_config_file(tmp_path / "run.json", opts), _free_port())
+    procs = _srun(_config_file(tmp_path / "run.json", opts), free_port())
     _wait_for(lambda: len(checkpoint_dirs(run)) >= 1, 90, procs)
     procs[1].send_signal(signal.SIGTERM)
     outs = [p.communicate(timeout=60) for p in procs]

@@ -129,10 +129,22 @@ def any_rank(flags: Sequence[bool]) -> list[bool]:
     return [bool(v) for v in t.tolist()]
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now (for a local rendezvous)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def local_rank_env(rank: int, world: int, port: int, threads: int = 1) -> dict[str, str]:
+    """The environment of rank ``rank`` of ``world`` processes on this machine, for
+    :func:`init_distributed` (``env://`` rendezvous at 127.0.0.1:``port``), with
+    ``threads`` OpenMP threads. For starting ranks by hand, e.g. in tests and benchmarks."""
+    return {
+        **os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
+        "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+        "OMP_NUM_THREADS": str(threads),
+    }
 
 
 def launch_local(
@@ -167,7 +179,7 @@ def launch_local(
             f"--nproc-per-node={nproc}",
             f"--max-restarts={max_restarts}",
             "--rdzv-backend=c10d",
-            f"--rdzv-endpoint=127.0.0.1:{_free_port()}",
+            f"--rdzv-endpoint=127.0.0.1:{free_port()}",
             "--monitor-interval=1",
             f"--shutdown-timeout={shutdown_timeout_s}",
             f"--log-dir={log_dir}",
