@@ -134,6 +134,12 @@ def _kw(args: argparse.Namespace, *names: str) -> dict[str, Any]:
     return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 
 
+def _training_kw(args: argparse.Namespace) -> dict[str, Any]:
+    """The options every training study (lr-scaling, batch-size, optimizers) takes alike."""
+    return dict(eval_examples=args.eval_examples, mode=args.mode, launcher=args.launcher, threads=args.threads,
+                jobs=args.jobs, seed=args.seed, **_kw(args, "model", "data_size"))
+
+
 def _start(args: argparse.Namespace) -> None:
     if args.threads < 1:
         raise ConfigError(f"--threads must be >= 1, got {args.threads}")
@@ -167,9 +173,7 @@ def _lr_scaling(args: argparse.Namespace) -> int:
     from .lr_scaling import run_lr_scaling
 
     run_lr_scaling(args.out, workers=args.workers, lr_factors=args.lr_factors, base_lr=args.base_lr, warmup_fraction=args.warmup_fraction,
-                   fovs=args.fovs, batch_size=args.batch_size, optimizer=args.optimizer, eval_examples=args.eval_examples,
-                   mode=args.mode, launcher=args.launcher, threads=args.threads, jobs=args.jobs, seed=args.seed,
-                   **_kw(args, "model", "data_size"))
+                   fovs=args.fovs, batch_size=args.batch_size, optimizer=args.optimizer, **_training_kw(args))
     return _done(f"{args.out}/lr_scaling.json, {args.out}/lr_scaling_f1.png, {args.out}/lr_scaling_accuracy.png")
 
 
@@ -179,8 +183,7 @@ def _batch_size(args: argparse.Namespace) -> int:
 
     run_batch_size(args.out, global_batches=args.global_batches, batch_size=args.batch_size, fovs=args.fovs, evaluations=args.evaluations,
                    base_lr=args.base_lr, lr_scaling=args.lr_scaling, warmup_fraction=args.warmup_fraction, optimizer=args.optimizer,
-                   eval_examples=args.eval_examples, mode=args.mode, launcher=args.launcher, threads=args.threads, jobs=args.jobs,
-                   seed=args.seed, **_kw(args, "model", "data_size"))
+                   **_training_kw(args))
     return _done(f"{args.out}/batch_size.json, {args.out}/batch_size.png")
 
 
@@ -191,6 +194,5 @@ def _optimizers(args: argparse.Namespace) -> int:
     run_optimizers(args.out, optimizers=[o.strip() for o in args.optimizers.split(",") if o.strip()], learning_rates=args.learning_rates,
                    workers=args.workers, batch_size=args.batch_size, fovs=args.fovs, evaluations=args.evaluations,
                    warmup_fraction=args.warmup_fraction, lr_scaling=args.lr_scaling, target_accuracy=args.target_accuracy,
-                   eval_examples=args.eval_examples, mode=args.mode, launcher=args.launcher, threads=args.threads, jobs=args.jobs,
-                   seed=args.seed, **_kw(args, "model", "data_size"))
+                   **_training_kw(args))
     return _done(f"{args.out}/optimizers.json, {args.out}/optimizers.png")
