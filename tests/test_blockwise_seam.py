@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from neuroflood.config import ModelConfig
@@ -135,3 +136,5 @@ def test_face_splits_counts_pairs_cut_at_faces():
     assert face_splits(ref, cut, (2, 4, 4)) == {1: 12}  # 4 x 3 voxel pairs across the z = 2 face
     assert face_splits(ref, cut, (3, 4, 4)) == {}  # no face at z = 2: nothing is cut at a face
     assert face_splits(ref, ref, (2, 2, 2)) == {}
+    with pytest.raises(ValueError, match=r"reference \(4, 4, 4\) and stitched \(4, 4, 3\) differ in shape"):
+        face_splits(ref, ref[..., :3], (2, 2, 2))
