@@ -2,7 +2,12 @@
 
 The network is an *oracle* with the FFN's interface (image and seed in, logits out): in each
 FOV it predicts the voxels that share the centre voxel's grey value, on an image whose
-grey values code the ground-truth objects (0 on membranes). Everything else is the real
+grey values code the ground-truth objects (0 on membranes). Like a trained FFN, it is most
+confident at an object's centre: the logit grows with the distance to the object's edge, so
+face-max moves follow the middle of a neurite. (A flat oracle, equally sure of every voxel of
+the object, makes every face maximum a tie that argmax breaks towards the lowest index, i.e.
+towards a membrane; its fills then depend on the block origin far more than a network's
+would: adapted Rand 0.074 against one block instead of 0.028.) Everything else is the real
 pipeline: Canvas, grid seeds, face-max moves, block context, the 2 workers claiming
 blocks, overlap reconciliation and relabelling. A network that never merges makes any merge
 in the stitched result the reconciliation's doing.
@@ -18,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from neuroflood.config import ModelConfig
 from neuroflood.evaluate.metrics import contingency_table, segmentation_metrics
@@ -31,7 +37,10 @@ REQUEST = {"options": {"min_segment_size": 20}, "seed_policy": "PolicyGrid3d"}  
 
 
 class OracleFFN(torch.nn.Module):
-    """Predicts, per FOV, the voxels that share the centre voxel's grey value (object code)."""
+    """Predicts, per FOV, the voxels that share the centre voxel's grey value (object code).
+
+    Logits: ``1 + distance to the object's edge`` (voxels) on the object, -4 elsewhere.
+    """
 
     def __init__(self) -> None:
         super().__init__()
@@ -45,7 +54,9 @@ class OracleFFN(torch.nn.Module):
             codes = image[b, 0].round()
             if codes[c] == 0:  # a membrane: nothing to add
                 continue
-            out[b, 0] = torch.where(codes == codes[c], 4.0, -4.0)
+            same = (codes == codes[c]).numpy()
+            logits = np.where(same, 1.0 + ndimage.distance_transform_edt(same), -4.0)
+            out[b, 0] = torch.from_numpy(logits.astype(np.float32))
         return out
 
 
@@ -92,14 +103,17 @@ def _run_two_workers(image_spec: str, out: str) -> None:
 
 
 def test_eight_blocks_on_two_workers_against_one_block(tmp_path):
-    """8 blocks, 2 workers: no false merges, full coverage; seams are measured.
+    """8 blocks, 2 workers: no false merges, no object cut at a face, near the one-block result.
 
     What holds exactly: the stitched result merges no two ground-truth objects (the oracle
-    never merges, so a merge could only come from reconciliation), every block ran once, ids
-    are sequential. Agreement with the one-block result is printed, not asserted: even with
-    this oracle the two differ (adapted Rand 0.07 on 2026-11-26), because a flood fill's
-    splits depend on where its seeds and FOV moves fall, and blocks change both (see
-    docs/benchmarks.md, "Blockwise seams"). Issue #7's target is <= 0.02.
+    never merges, so a merge could only come from reconciliation), no object that is whole in
+    the one-block result is split at a block face, every block ran once, ids are sequential.
+    Agreement with the one-block result is a regression bound, not issue #7's target: adapted
+    Rand 0.028 on this volume on 2026-11-26 (target <= 0.02). The remaining difference is
+    coverage, not seams: voxels that one run's fills reached and the other's did not, no more
+    often next to the block faces than far from them, because a flood fill's extent depends on
+    where its seeds and moves fall (docs/benchmarks.md, "Blockwise seams";
+    benchmarks/blockwise_seams.py measures more volumes).
     """
     from neuroflood.infer.segment import segment_subvolume
     from neuroflood.volume import open_volume, write_volume
@@ -121,6 +135,8 @@ def test_eight_blocks_on_two_workers_against_one_block(tmp_path):
     assert vs_gt["segmented_fraction"] > 0.6  # the blocks' pieces cover the volume (membranes are ~20%)
     vs_one = segmentation_metrics(contingency_table(stitched, one))
     splits = face_splits(one, stitched, STRIDE)
+    assert splits == {}, f"objects cut at a block face: {splits}"
+    assert vs_one["adapted_rand_error"] <= 0.035
     print(
         f"stitched vs one block: adapted Rand {vs_one['adapted_rand_error']:.4f}, VI {vs_one['vi']:.4f}; "
         f"objects split at a block face: {len(splits)} {splits}; split VI vs ground truth: stitched "

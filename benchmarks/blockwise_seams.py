@@ -1,0 +1,104 @@
+"""Blockwise seams on several synthetic volumes: 8 blocks on 2 workers against one block.
+
+    .venv/bin/python benchmarks/blockwise_seams.py [--seeds 3,4,5,6,7]
+
+For each volume seed, the setting of ``tests/test_blockwise_seam.py`` (a 48x64x64 synthetic
+volume, an oracle network that never merges, 2x2x2 blocks of 36x44x44 with overlap 12 on 2
+workers) and, per volume: adapted Rand error and VI of the stitched result against the
+one-block result, objects of the one-block result split at a block face
+(:func:`neuroflood.infer.reconcile.face_splits`), false merges against the ground truth, and
+where the two results differ in coverage (voxels segmented in one and not in the other) by
+distance to the nearest block face. Issue #7's target: adapted Rand <= 0.02 against one block
+and no object split at a face. Writes benchmarks/results/blockwise_seams.json; about 20 s per
+volume on two cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+import test_blockwise_seam as seam  # noqa: E402  (the test's oracle, volume and worker launcher)
+
+BANDS = ((0, 4), (4, 8), (8, 16), (16, 10**6))  # distance to the nearest internal block face
+
+
+def coverage_by_face_distance(one: np.ndarray, stitched: np.ndarray, stride: tuple[int, ...]) -> dict[str, float]:
+    """Fraction of voxels segmented in exactly one of the two results, per distance band."""
+    grid = np.indices(one.shape)
+    dist = np.full(one.shape, 10**6)
+    for axis, (n, st) in enumerate(zip(one.shape, stride)):
+        for face in range(st, n, st):
+            dist = np.minimum(dist, np.abs(grid[axis] - face))
+    differ = (one > 0) != (stitched > 0)
+    return {f"{lo}-{hi - 1 if hi < 10**6 else ''}": round(float(differ[(dist >= lo) & (dist < hi)].mean()), 4) for lo, hi in BANDS}
+
+
+def measure(seed: int, work: Path) -> dict:
+    from neuroflood.evaluate.metrics import contingency_table, segmentation_metrics
+    from neuroflood.infer.reconcile import face_splits
+    from neuroflood.infer.segment import segment_subvolume
+    from neuroflood.volume import open_volume, write_volume
+
+    image, labels = seam.coded_image(seed)
+    write_volume(f"{work}/coded.h5:image", image)
+    one = segment_subvolume(seam.OracleFFN(), image, seam.REQUEST).segmentation.astype(np.uint64)
+    out = f"{work}/seg.zarr/seg"
+    seam._run_two_workers(f"{work}/coded.h5:image", out)
+    stitched = open_volume(out)[...].astype(np.uint64)
+    vs_one = segmentation_metrics(contingency_table(stitched, one))
+    vs_gt = segmentation_metrics(contingency_table(stitched, labels))
+    one_gt = segmentation_metrics(contingency_table(one, labels))
+    splits = face_splits(one, stitched, seam.STRIDE)
+    return {
+        "seed": seed,
+        "objects": int(labels.max()),
+        "vs_one_block": {"adapted_rand_error": round(vs_one["adapted_rand_error"], 4), "vi": round(vs_one["vi"], 4)},
+        "face_splits": len(splits),
+        "face_split_voxel_pairs": {str(k): v for k, v in splits.items()},
+        "false_merges_vi": round(vs_gt["vi_merge_segmented"], 4),
+        "vs_ground_truth_adapted_rand": {"one_block": round(one_gt["adapted_rand_error"], 4), "stitched": round(vs_gt["adapted_rand_error"], 4)},
+        "coverage_differs_by_face_distance": coverage_by_face_distance(one, stitched, seam.STRIDE),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--seeds", default="3,4,5,6,7", help="synthetic volume seeds, comma-separated")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "blockwise_seams.json"))
+    args = p.parse_args()
+    rows = []
+    for seed in (int(s) for s in args.seeds.split(",")):
+        with tempfile.TemporaryDirectory() as tmp:
+            row = measure(seed, Path(tmp))
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    ares = [r["vs_one_block"]["adapted_rand_error"] for r in rows]
+    result = {
+        "benchmark": "blockwise_seams",
+        "shape": list(seam.SHAPE), "block": list(seam.BLOCK), "overlap": list(seam.OVERLAP), "workers": 2,
+        "volumes": rows,
+        "adapted_rand_vs_one_block": {"min": min(ares), "median": float(np.median(ares)), "max": max(ares)},
+        "volumes_with_face_splits": sum(r["face_splits"] > 0 for r in rows),
+        "target": "adapted Rand <= 0.02 against one block, no object split at a block face (issue #7)",
+        "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.python_version()}",
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: result[k] for k in ("adapted_rand_vs_one_block", "volumes_with_face_splits")}))
+
+
+if __name__ == "__main__":
+    main()
