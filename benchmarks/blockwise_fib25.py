@@ -6,7 +6,9 @@ Runs ``neuroflood segment`` twice on the same crop of ../shared/data/fib25/train
 with the published google/ffn FIB-25 checkpoint and the reference inference settings: once as
 one subvolume (2 threads), once in blocks on 2 workers (1 thread each), reconciled into one
 segmentation. Reports adapted Rand error and VI of the blockwise result against the single
-one, the objects split at block faces, and both against the ground truth. Writes
+one, the objects split at block faces, both against the ground truth, and an audit of the
+joins (objects joined across blocks whose pieces belong to different ground-truth objects, and
+the merge VI before any join, i.e. the blocks' own merges). Writes
 benchmarks/results/blockwise_fib25.json. The defaults (2x2x2 blocks over the 100^3 crop,
 overlap 24, half the default 48) take about 15 minutes on two cores.
 """
@@ -36,6 +38,32 @@ def _segment(argv: list[str]) -> float:
     return time.time() - t0
 
 
+def join_audit(cores: np.ndarray, mapping, gt: np.ndarray) -> dict:
+    """Tell merges made inside blocks from merges made by joining pieces across blocks.
+
+    ``cores`` holds the block ids before reconciliation (every piece its own object). A joined
+    object is *false* when its pieces' majority ground-truth objects differ.
+    """
+    from neuroflood.evaluate.metrics import contingency_table, segmentation_metrics
+
+    table = contingency_table(cores, gt)
+    order = np.lexsort((-table.count, table.seg))  # per piece, its largest ground-truth overlap first
+    seg, first = np.unique(table.seg[order], return_index=True)
+    majority = dict(zip(seg.tolist(), table.gt[order][first].tolist()))
+    groups: dict[int, set] = {}
+    pieces: dict[int, int] = {}
+    for block_id, global_id in zip(mapping["block_ids"].tolist(), mapping["global_ids"].tolist()):
+        pieces[global_id] = pieces.get(global_id, 0) + 1
+        if block_id in majority:
+            groups.setdefault(global_id, set()).add(majority[block_id])
+    joined = [g for g, n in pieces.items() if n > 1]
+    return {
+        "joined_objects": len(joined),
+        "false_joined_objects": sum(len(groups.get(g, ())) > 1 for g in joined),
+        "vi_merge_before_joins": segmentation_metrics(table)["vi_merge"],
+    }
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bbox", default="0,0,0:100,100,100")
@@ -63,7 +91,9 @@ def main() -> None:
         blocks = open_volume(f"{tmp}/blocks.zarr/seg")[...].astype(np.uint64)
         s_single = json.loads(Path(f"{tmp}/single.json").read_text())
         s_blocks = json.loads(Path(f"{tmp}/blocks.json").read_text())
-    gt = open_volume(f"{H5}:labels")[box.to_slices()]
+        gt = open_volume(f"{H5}:labels")[box.to_slices()]
+        work = Path(tmp) / "blocks.zarr" / ".seg.work"
+        joins = join_audit(open_volume(f"{work}/cores.zarr")[...].astype(np.uint64), np.load(work / "mapping.npz"), gt)
     vs_single = segmentation_metrics(contingency_table(blocks, single))
     pick = ("adapted_rand_error", "vi", "vi_split", "vi_merge", "n_segments", "segmented_fraction")
     result = {
@@ -78,6 +108,7 @@ def main() -> None:
         "objects_split_at_faces": len(face_splits(single, blocks, grid.stride)),
         "single_vs_ground_truth": {k: v for k, v in segmentation_metrics(contingency_table(single, gt)).items() if k in pick},
         "blockwise_vs_ground_truth": {k: v for k, v in segmentation_metrics(contingency_table(blocks, gt)).items() if k in pick},
+        "join_audit": joins,
         "machine": f"{os.cpu_count()}-core CPU",
         "date": time.strftime("%Y-%m-%d"),
     }
