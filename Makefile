@@ -4,6 +4,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
+# `make demo SEED=1`: the demo with another training and test volume
+SEED ?= 0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
@@ -23,7 +25,7 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	rm -rf demo_out
-	$(BIN)/neuroflood demo --out demo_out
+	$(BIN)/neuroflood demo --out demo_out --seed $(SEED)
 
 clean:
 	rm -rf $(VENV) demo_out
