@@ -137,3 +137,37 @@ def test_sigkilled_run_resumes_from_its_checkpoint(setup, tmp_path):
         k: (o.start_zyx, o.iterations) for k, o in b["origins"].items()
     }
     assert a["meta"]["counters"] == b["meta"]["counters"]
+
+
+SIGTERM_DURING_SAVE = """
+import os, signal, sys
+import numpy as np
+from neuroflood.cli import sigterm_unwinds
+from neuroflood.infer.storage import atomic_savez
+
+real = np.savez_compressed
+def savez_then_terminated(f, **arrays):
+    real(f, **arrays)
+    os.kill(os.getpid(), signal.SIGTERM)  # as if `kill` arrived while the checkpoint is written
+
+np.savez_compressed = savez_then_terminated
+target = os.path.join(sys.argv[1], "checkpoint.npz")
+if sys.argv[2] == "unwinds":
+    with sigterm_unwinds():
+        atomic_savez(target, {"a": np.zeros(1000)})
+else:
+    atomic_savez(target, {"a": np.zeros(1000)})
+"""
+
+
+@pytest.mark.parametrize("mode", ["unwinds", "default"])
+def test_sigterm_while_saving_leaves_no_temporary_file(tmp_path, mode):
+    """Under the CLI's SIGTERM handling a terminated save removes its temporary file."""
+    proc = subprocess.run([sys.executable, "-c", SIGTERM_DURING_SAVE, str(tmp_path), mode], capture_output=True, text=True, timeout=120)
+    left = sorted(p.name for p in tmp_path.iterdir())
+    if mode == "unwinds":
+        assert proc.returncode == 128 + signal.SIGTERM, proc.stderr
+        assert left == []  # neither the temporary file nor a checkpoint that was never completed
+    else:  # Python's default: the process dies on the spot and the temporary file stays behind
+        assert proc.returncode == -signal.SIGTERM
+        assert len(left) == 1 and left[0].startswith(".checkpoint.npz.") and left[0].endswith(".tmp")

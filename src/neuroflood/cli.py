@@ -3,7 +3,9 @@
 Each stage registers its own subcommands (``register(subparsers)`` in ``<stage>/commands.py``)
 so that this file stays a table of contents. A :class:`~neuroflood.errors.NeurofloodError`
 is printed on one line (``neuroflood: error: …``) and exits with status 2; set
-``NEUROFLOOD_DEBUG=1`` to see the traceback instead.
+``NEUROFLOOD_DEBUG=1`` to see the traceback instead. SIGTERM (``kill``, a scheduler's time
+limit) unwinds like Ctrl-C, so that temporary files of half-written outputs and checkpoints
+are removed before the process exits with status 143.
 """
 
 from __future__ import annotations
@@ -11,8 +13,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
-from typing import Sequence
+import threading
+from contextlib import contextmanager
+from typing import Iterator, Sequence
 
 from . import __version__
 from .errors import NeurofloodError
@@ -60,13 +65,36 @@ def add_command(sub: argparse._SubParsersAction, name: str, help: str, descripti
     return sub.add_parser(name, help=help, description=description or help, formatter_class=_Formatter)
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+@contextmanager
+def sigterm_unwinds() -> Iterator[None]:
+    """While inside, SIGTERM raises ``SystemExit(143)`` so that ``finally`` blocks run.
+
+    Python's default SIGTERM action ends the process at once, leaving e.g. the temporary file
+    of a checkpoint being written. Only the main thread can set handlers; elsewhere this does
+    nothing. The previous handler is restored on the way out.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     args.argv = argv  # for commands that re-launch themselves on several workers
     try:
-        result = args.func(args)
+        with sigterm_unwinds():
+            result = args.func(args)
     except NeurofloodError as e:
         if os.environ.get("NEUROFLOOD_DEBUG"):
             raise
