@@ -74,6 +74,35 @@ def test_layer_order_matches_independent_numpy_reference():
     np.testing.assert_allclose(out, _numpy_reference(model, image, seed), atol=1e-4)
 
 
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch has no oneDNN")
+def test_single_fov_through_onednn_equals_pytorchs_own_choice():
+    # A batch of one goes through oneDNN (model/convstack.py:_conv); PyTorch itself would
+    # pick its reference kernel for these shapes. Same values, same gradients.
+    torch.manual_seed(0)
+    model = ConvStack3D(depth=3, features=16, fov_size=(11, 11, 11), deltas=(3, 3, 3))
+    image, seed = torch.randn(1, 1, 11, 11, 11), torch.randn(1, 1, 11, 11, 11)
+
+    def run(mkldnn: bool):
+        model.zero_grad()
+        before = torch.backends.mkldnn.enabled
+        torch.backends.mkldnn.enabled = mkldnn
+        try:
+            out = model(image, seed)
+        finally:
+            torch.backends.mkldnn.enabled = before
+        out.square().sum().backward()
+        return out.detach(), [p.grad.clone() for p in model.parameters()]
+
+    out, grads = run(True)
+    ref_out, ref_grads = run(False)
+    torch.testing.assert_close(out, ref_out, atol=1e-5, rtol=1e-5)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, atol=1e-4, rtol=1e-4)
+    with torch.no_grad():  # and as one element of a batch, which PyTorch sends to oneDNN
+        batch = model(image.expand(2, -1, -1, -1, -1), seed.expand(2, -1, -1, -1, -1))
+    torch.testing.assert_close(out, batch[:1], atol=1e-5, rtol=1e-5)
+
+
 def test_initialization_is_glorot_uniform_with_zero_biases():
     model = ConvStack3D(depth=12, features=32)
     w = model.layers["conv1_a"].weight

@@ -28,6 +28,26 @@ from torch import nn
 from ..errors import ConfigError
 
 
+def _conv(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)``, but through oneDNN for a single CPU float32 input.
+
+    PyTorch's CPU heuristic (ATen ``ConvParams::use_mkldnn``) sends a batch of one whose
+    ``C * Z * Y`` is at most 20,480 to its reference ``Slow3d`` kernel, which for FFN shapes
+    is ~3x slower than oneDNN. Inference evaluates one FOV at a time, so every conv of a
+    small network (and the 2-channel ``conv0_a`` of any network) took that path. oneDNN
+    computes the same convolution (equal within float rounding) and supports autograd.
+    """
+    if (
+        x.shape[0] == 1
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and torch.backends.mkldnn.is_available()
+        and torch.backends.mkldnn.enabled
+    ):
+        return torch.mkldnn_convolution(x, conv.weight, conv.bias, conv.padding, conv.stride, conv.dilation, conv.groups)
+    return conv(x)
+
+
 def layer_names(depth: int) -> list[str]:
     """Names of the conv layers in order, as in google/ffn's checkpoint."""
     names = ["conv0_a", "conv0_b"]
@@ -106,16 +126,16 @@ class ConvStack3D(nn.Module):
     def forward(self, image: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
         L = self.layers
         x = torch.cat([image, seed], dim=1).contiguous(memory_format=torch.channels_last_3d)
-        x = F.relu(L["conv0_a"](x))
-        x = L["conv0_b"](x)
+        x = F.relu(_conv(L["conv0_a"], x))
+        x = _conv(L["conv0_b"], x)
         for i in range(1, self.depth):
             skip = x
             x = F.relu(x)
-            x = F.relu(L[f"conv{i}_a"](x))
-            x = L[f"conv{i}_b"](x)
+            x = F.relu(_conv(L[f"conv{i}_a"], x))
+            x = _conv(L[f"conv{i}_b"], x)
             x = x + skip
         x = F.relu(x)
-        return seed + L["conv_lom"](x)
+        return seed + _conv(L["conv_lom"], x)
 
     def architecture(self) -> dict:
         """The constructor arguments, enough to rebuild this network."""
