@@ -28,7 +28,12 @@ def test_tiny_demo_runs_end_to_end(tmp_path):
     for key in ("adapted_rand_error", "vi", "vi_split", "vi_merge"):
         assert math.isfinite(metrics[key])
     assert set(metrics["seconds"]) >= {"synth", "prepare", "train", "segment", "evaluate", "total"}
-    gt = open_volume(f"{out}/data/test.h5:labels")[...]
+    # the test volume is evaluated inside its image context
+    assert metrics["demo"]["test_context"] > 0
+    z, y, x = metrics["offset_zyx"]
+    d, h, w = metrics["shape"]
+    gt = open_volume(f"{out}/data/test.h5:labels")[z : z + d, y : y + h, x : x + w]
+    assert gt.shape == (40, 64, 64) and (z, y, x) == (4, 4, 4)
     every_voxel = segmentation_metrics(contingency_table(np.arange(1, gt.size + 1, dtype=np.uint64).reshape(gt.shape), gt))
     all_one = segmentation_metrics(contingency_table(np.ones(gt.shape, np.uint64), gt))
     for trivial in (every_voxel, all_one):
