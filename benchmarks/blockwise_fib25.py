@@ -1,6 +1,6 @@
 """Blockwise against single-subvolume segmentation of a FIB-25 crop with the published model.
 
-    .venv/bin/python benchmarks/blockwise_fib25.py [--bbox 0,0,0:100,100,100] [--block 74,74,74] [--overlap 24,24,24]
+    .venv/bin/python benchmarks/blockwise_fib25.py [--bbox 0,0,0:100,100,100] [--block 74,74,74] [--overlap 24,24,24] [--keep DIR]
 
 Runs ``neuroflood segment`` twice on the same crop of ../shared/data/fib25/training_sample2.h5
 with the published google/ffn FIB-25 checkpoint and the reference inference settings: once as
@@ -69,6 +69,7 @@ def main() -> None:
     p.add_argument("--block", default="74,74,74")
     p.add_argument("--overlap", default="24,24,24")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "blockwise_fib25.json"))
+    p.add_argument("--keep", metavar="DIR", help="write both segmentations (and the blocks' work files) here and keep them")
     args = p.parse_args()
 
     from neuroflood.bbox import BoundingBox
@@ -80,7 +81,9 @@ def main() -> None:
     box = BoundingBox.parse(args.bbox)
     grid = BlockGrid(BoundingBox.from_shape(box.size), [int(v) for v in args.block.split(",")], [int(v) for v in args.overlap.split(",")])
     common = ["--model", str(CKPT), "--image", f"{H5}:image", "--bbox", args.bbox]
-    with tempfile.TemporaryDirectory(prefix="nf-bwfib-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="nf-bwfib-") as scratch:
+        tmp = args.keep or scratch
+        Path(tmp).mkdir(parents=True, exist_ok=True)
         t_single = _segment([*common, "--out", f"{tmp}/single.zarr/seg", "--threads", "2", "--summary", f"{tmp}/single.json"])
         t_blocks = _segment([
             *common, "--out", f"{tmp}/blocks.zarr/seg", "--block-size", args.block, "--overlap", args.overlap,
