@@ -12,7 +12,7 @@ from neuroflood.distributed import DistInfo
 from neuroflood.errors import ConfigError, DataError, VolumeError
 from neuroflood.infer.blocks import BlockGrid
 from neuroflood.infer.blockwise import BlockFailures, JobPaths, segment_blockwise
-from neuroflood.infer.reconcile import OverlapRule, apply_mapping, build_mapping, encode, overlap_pairs
+from neuroflood.infer.reconcile import OverlapRule, apply_mapping, build_mapping, confirmed_pairs, encode, overlap_pairs
 from neuroflood.volume import ArrayVolume, open_volume
 
 
@@ -53,6 +53,15 @@ def test_overlap_rule_and_union_find():
     assert relabelled[6] != relabelled[4]  # 3 stays apart
     # 6 objects, 2 joins: 4 objects numbered 1..4
     assert sorted(np.unique(relabelled[relabelled > 0])) == [1, 2, 3, 4]
+
+
+def test_confirmed_pairs_need_the_other_side_to_touch_unless_unowned():
+    agreeing = np.array([[1, 5], [2, 7], [9, 3], [4, 8]], np.uint64)
+    touching = np.array([[5, 1], [3, 9], [3, 9], [7, 6]], np.uint64)
+    core_ids = np.array([1, 2, 3, 5, 7, 8, 9], np.uint64)  # 4 lies only in its block's margins
+    # (1,5): 5 touches 1; (2,7): 7 touches 6, not 2; (9,3): 3 touches 9; (4,8): 4 is unowned
+    assert confirmed_pairs(agreeing, touching, core_ids).tolist() == [[1, 5], [3, 9], [4, 8]]
+    assert confirmed_pairs(np.zeros((0, 2), np.uint64), touching, core_ids).shape == (0, 2)
 
 
 class GroundTruthSegmenter:
@@ -138,3 +147,36 @@ def test_different_request_in_same_output_is_refused(tmp_path, synth_small):
         segment_blockwise(out, *args, GroundTruthSegmenter(labels), {"model": "b"}, DistInfo(), progress=False)
     with pytest.raises(VolumeError, match="DIR.zarr/NAME"):
         JobPaths.from_spec(f"{tmp_path}/seg.h5:seg")
+
+
+class LeakySegmenter(GroundTruthSegmenter):
+    """A perfect segmenter, except that the block at the origin merges every object it sees."""
+
+    def __call__(self, image, block):
+        seg, counters = super().__call__(image, block)
+        if self.calls[-1].startswith("0,0,0:"):
+            seg[seg > 0] = 1
+        return seg, counters
+
+
+@pytest.mark.parametrize("both_sides", [True, False])
+def test_a_leak_in_one_blocks_margin_merges_nothing_when_both_sides_must_agree(tmp_path, both_sides):
+    # Along x: neuron 1 on x < 9, a membrane at x = 9, neuron 2 on x >= 10. Blocks of 16 with
+    # overlap 8 (stride 8): block 0 owns x < 8 and sees x < 12, where it merges the two
+    # neurons. In its margin its merged object agrees with both pieces of block 1; in block 1's
+    # margin (x in 4..7, block 0's core) only neuron 1's piece meets it.
+    labels = np.zeros((4, 4, 24), np.int64)
+    labels[..., :9] = 1
+    labels[..., 10:] = 2
+    image = OriginVolume("origin", np.zeros(labels.shape, np.uint8))
+    seg = LeakySegmenter(labels)
+    out = f"{tmp_path}/seg.zarr/seg"
+    segment_blockwise(
+        out, image, BoundingBox.from_shape(labels.shape), (4, 4, 16), (0, 0, 8), seg, {"model": "leaky"},
+        DistInfo(), OverlapRule(min_overlap_voxels=1, min_overlap_fraction=0.5, both_sides=both_sides), progress=False,
+    )
+    assert any(c.startswith("0,0,0:") for c in seg.calls)  # the leaky block ran
+    stitched = open_volume(out)[...]
+    neuron1, neuron2 = np.unique(stitched[labels == 1]), np.unique(stitched[labels == 2])
+    assert len(neuron1) == 1 and len(neuron2) == 1  # each neuron is one object, across the faces
+    assert (neuron1[0] != neuron2[0]) == both_sides  # one side's word merges them

@@ -41,7 +41,7 @@ from ..distributed import DistInfo, barrier
 from ..errors import DataError, NeurofloodError, VolumeError
 from ..volume import Volume, _split_container, create_volume, open_volume
 from .blocks import Block, BlockGrid
-from .reconcile import OverlapRule, apply_mapping, build_mapping, encode, overlap_pairs
+from .reconcile import TOUCH, OverlapRule, apply_mapping, build_mapping, confirmed_pairs, encode, overlap_pairs
 
 
 class BlockSegmenter(Protocol):
@@ -266,6 +266,7 @@ def reconcile(paths: JobPaths, grid: BlockGrid, rule: OverlapRule) -> tuple[int,
     cores = open_volume(paths.cores_spec)
     all_ids: list[np.ndarray] = []
     pairs: list[np.ndarray] = []
+    touching: list[np.ndarray] = []
     for block in grid:
         seg = np.load(paths.block_seg(block.index))["segmentation"]
         own = encode(block.index, seg)
@@ -276,10 +277,16 @@ def reconcile(paths: JobPaths, grid: BlockGrid, rule: OverlapRule) -> tuple[int,
         if region.any():
             neighbour = cores.read(block.box.relative_to(grid.bbox.start))
             pairs.append(overlap_pairs(own, neighbour, region, rule))
-    ids, new = build_mapping(np.concatenate(all_ids), np.concatenate(pairs) if pairs else np.zeros((0, 2)))
+            if rule.both_sides:
+                touching.append(overlap_pairs(own, neighbour, region, TOUCH))
+    none = np.zeros((0, 2), np.uint64)
+    agreeing = np.concatenate(pairs) if pairs else none
+    core_ids = np.concatenate(all_ids)
+    if rule.both_sides:
+        agreeing = confirmed_pairs(agreeing, np.concatenate(touching) if touching else none, core_ids)
+    ids, new = build_mapping(core_ids, agreeing)
     _atomic_savez(paths.work / "mapping.npz", block_ids=ids, global_ids=new)
-    n_pairs = int(sum(len(p) for p in pairs))
-    return int(new.max()) if len(new) else 0, n_pairs
+    return int(new.max()) if len(new) else 0, int(len(agreeing))
 
 
 def write_output(paths: JobPaths, grid: BlockGrid, info: DistInfo, attrs: dict | None = None) -> None:
@@ -410,6 +417,10 @@ def add_arguments(parser: Any) -> None:
         "--min-overlap-fraction", type=float, default=OverlapRule.min_overlap_fraction,
         help="... and at least this fraction of the smaller one's voxels in the overlap",
     )
+    g.add_argument(
+        "--one-sided-joins", action="store_true",
+        help="join objects on one block's word (default: the other block must see them touch in its margin, so that one leaky fill cannot merge two neurons)",
+    )
 
 
 def wants_blockwise(args: Any) -> bool:
@@ -447,7 +458,7 @@ def run_cli(args: Any, request: Any) -> int:
         }
         result = segment_blockwise(
             args.out, image, bbox, block, overlap, FFNBlockSegmenter(model, request), job_request, info,
-            OverlapRule(args.min_overlap_voxels, args.min_overlap_fraction), progress=not args.no_progress,
+            OverlapRule(args.min_overlap_voxels, args.min_overlap_fraction, not args.one_sided_joins), progress=not args.no_progress,
         )
         if info.is_main:
             summary = _summary(args, bbox, result)

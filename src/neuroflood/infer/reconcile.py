@@ -2,17 +2,28 @@
 
 Every block ``b`` stores its own segmentation of its whole box; its core is also written to
 a shared volume of *block ids* ``(b + 1) << 32 | local id``. For each block, the voxels of its
-high-side overlap (box minus core) carry two ids: the block's own and the neighbour's (whose
-core holds them). Two objects are joined when they **agree in the overlap**:
+margins (box minus core) carry two ids: the block's own and the neighbour's (whose core holds
+them). An object ``a`` of block A and an object ``b`` of block B **agree in A's margin** when
 
 * ``n_ab >= min_overlap_voxels`` voxels carry both ids, and
 * ``n_ab / min(n_a, n_b) >= min_overlap_fraction``, where ``n_a`` and ``n_b`` count each
-  object's voxels inside that same overlap region.
+  object's voxels inside that same margin region.
 
-That is, the smaller of the two pieces lies mostly inside the other. Joins are transitive
-(union-find over all blocks); every other object keeps an id of its own. The result is a
-mapping from block ids to sequential ids 1..N in block order. Memory is bounded by one block
-plus the number of objects; the whole volume is never loaded.
+That is, the smaller of the two pieces lies mostly inside the other. The margins of A and B
+face each other (each block sees half the overlap beyond its core face), so the owner of the
+other side can check A's word: with ``both_sides`` (the default) the pair is joined only if
+B's own ``b`` also **touches** ``a`` (at least one voxel carries both ids) in B's margin,
+which lies in A's core. A flood fill that leaked from one neuron into another inside A's
+margin makes A's piece agree with the other neuron's piece there, while in B's margin that
+neuron's piece never meets A's object; on one side's word alone, that one leak merged two
+whole neurons across a face (docs/benchmarks.md, "FIB-25: blockwise against one subvolume").
+A piece of which A owns no voxel (it lies wholly in A's margins) cannot be checked from the
+other side and joins on A's word: it is how A tells two neighbours that their pieces meet
+inside A's box.
+
+Joins are transitive (union-find over all blocks); every other object keeps an id of its own.
+The result is a mapping from block ids to sequential ids 1..N in block order. Memory is
+bounded by one block plus the number of objects; the whole volume is never loaded.
 """
 
 from __future__ import annotations
@@ -38,6 +49,26 @@ def encode(block_index: int, local: np.ndarray) -> np.ndarray:
 class OverlapRule:
     min_overlap_voxels: int = 50
     min_overlap_fraction: float = 0.5
+    both_sides: bool = True  # the other block must see the two pieces touch in its margin
+
+
+def confirmed_pairs(agreeing: np.ndarray, touching: np.ndarray, core_ids: np.ndarray) -> np.ndarray:
+    """The pairs ``(a, b)`` of ``agreeing`` that the other side confirms, each once as ``a < b``.
+
+    ``(a, b)`` is confirmed when ``(b, a)`` is in ``touching`` (b meets a in b's block's
+    margin) or ``a`` is not in ``core_ids`` (its block owns none of it).
+    """
+    touch = {(int(a), int(b)) for a, b in np.asarray(touching, np.uint64).reshape(-1, 2)}
+    owned = set(np.asarray(core_ids, np.uint64).tolist())
+    kept = {
+        (min(a, b), max(a, b))
+        for a, b in (tuple(map(int, p)) for p in np.asarray(agreeing, np.uint64).reshape(-1, 2))
+        if (b, a) in touch or a not in owned
+    }
+    return np.array(sorted(kept), np.uint64).reshape(-1, 2)
+
+
+TOUCH = OverlapRule(min_overlap_voxels=1, min_overlap_fraction=0.0, both_sides=False)  # any shared voxel
 
 
 def overlap_pairs(own: np.ndarray, neighbour: np.ndarray, region: np.ndarray, rule: OverlapRule) -> np.ndarray:
