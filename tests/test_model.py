@@ -101,6 +101,14 @@ def test_single_fov_through_onednn_equals_pytorchs_own_choice():
     with torch.no_grad():  # and as one element of a batch, which PyTorch sends to oneDNN
         batch = model(image.expand(2, -1, -1, -1, -1), seed.expand(2, -1, -1, -1, -1))
     torch.testing.assert_close(out, batch[:1], atol=1e-5, rtol=1e-5)
+    # under autocast every conv is left to PyTorch, which runs it in bf16
+    dtypes = []
+    hooks = [conv.register_forward_hook(lambda m, i, o: dtypes.append(o.dtype)) for conv in model.layers.values()]
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        model(image, seed)
+    for h in hooks:
+        h.remove()
+    assert dtypes == [torch.bfloat16] * len(model.layers)
 
 
 def test_initialization_is_glorot_uniform_with_zero_biases():

@@ -36,11 +36,13 @@ def _conv(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
     is ~3x slower than oneDNN. Inference evaluates one FOV at a time, so every conv of a
     small network (and the 2-channel ``conv0_a`` of any network) took that path. oneDNN
     computes the same convolution (equal within float rounding) and supports autograd.
+    Under autocast (bf16) the call is left to PyTorch, which casts for ``conv3d`` only.
     """
     if (
         x.shape[0] == 1
         and x.device.type == "cpu"
         and x.dtype == torch.float32
+        and not torch.is_autocast_enabled("cpu")
         and torch.backends.mkldnn.is_available()
         and torch.backends.mkldnn.enabled
     ):
