@@ -74,10 +74,11 @@ class GroundTruthSegmenter:
         self.fail_at = fail_at
         self.calls: list = []
 
-    def __call__(self, image, block):
+    def __call__(self, image, block, corner):
         import cc3d
 
         start = tuple(int(v) for v in image[0, 0, 0:3])  # the test image encodes its origin
+        assert tuple(corner) == start  # which is what the segmenter is told
         box_global = BoundingBox(tuple(s + b for s, b in zip(start, block.start)), block.size)
         self.calls.append(str(box_global))
         if self.fail_at is not None and box_global.start == self.fail_at:
@@ -152,8 +153,8 @@ def test_different_request_in_same_output_is_refused(tmp_path, synth_small):
 class LeakySegmenter(GroundTruthSegmenter):
     """A perfect segmenter, except that the block at the origin merges every object it sees."""
 
-    def __call__(self, image, block):
-        seg, counters = super().__call__(image, block)
+    def __call__(self, image, block, corner):
+        seg, counters = super().__call__(image, block, corner)
         if self.calls[-1].startswith("0,0,0:"):
             seg[seg > 0] = 1
         return seg, counters

@@ -144,6 +144,28 @@ def test_eight_blocks_on_two_workers_against_one_block(tmp_path):
     )
 
 
+def test_blockwise_masks_are_placed_where_each_block_is(tmp_path):
+    """A mask in global coordinates keeps FOV centres off the same voxels in every block."""
+    from neuroflood.bbox import BoundingBox
+    from neuroflood.distributed import DistInfo
+    from neuroflood.infer.blockwise import FFNBlockSegmenter, segment_blockwise
+    from neuroflood.infer.config import InferenceRequest
+    from neuroflood.volume import ArrayVolume, open_volume
+
+    image, _ = coded_image()
+    request = InferenceRequest.model_validate({**REQUEST, "masks": [{"expression": "x >= 40"}]})
+    out = f"{tmp_path}/seg.zarr/seg"
+    segment_blockwise(
+        out, ArrayVolume("coded", image), BoundingBox.from_shape(image.shape), BLOCK, OVERLAP,
+        FFNBlockSegmenter(OracleFFN(), request), {"model": "oracle"}, DistInfo(), progress=False,
+    )
+    stitched = open_volume(out)[...]
+    # FOV centres stay at x < 40 (also in blocks that start at x > 0), so fills end within
+    # half a FOV (4) of it
+    assert not stitched[..., 44:].any()
+    assert (stitched[..., :36] > 0).mean() > 0.5  # and segmented elsewhere
+
+
 def test_face_splits_counts_pairs_cut_at_faces():
     ref = np.ones((4, 4, 4), np.uint64)
     ref[:, :, 3] = 2

@@ -49,9 +49,10 @@ class BlockSegmenter(Protocol):
 
     context: tuple[int, int, int]  # image margin wanted around the block, z,y,x
 
-    def __call__(self, image: np.ndarray, block: BoundingBox) -> tuple[np.ndarray, dict]:
+    def __call__(self, image: np.ndarray, block: BoundingBox, corner: tuple[int, int, int]) -> tuple[np.ndarray, dict]:
         """Segment ``image[block]`` (``block`` is relative to ``image``, which includes the
-        context); return (local ids of the block region, counters)."""
+        context and starts at global position ``corner``); return (local ids of the block
+        region, counters)."""
 
 
 @dataclass
@@ -208,7 +209,7 @@ def _segment_block(paths, grid: BlockGrid, block: Block, image: Volume, segmente
     data = image.read(context)
     inner = block.box.relative_to(context.start)
     t = time.time()
-    seg, counters = segmenter(data, inner)
+    seg, counters = segmenter(data, inner, context.start)
     if seg.shape != tuple(block.box.size):
         raise DataError(f"segmenter returned shape {seg.shape} for block of size {block.box.size}")
     seg = seg.astype(np.uint32, copy=False)
@@ -383,10 +384,11 @@ class FFNBlockSegmenter:
         self.request = request
         self.context = tuple(int(f) // 2 for f in model.config.fov_size)
 
-    def __call__(self, image: np.ndarray, block: BoundingBox) -> tuple[np.ndarray, dict]:
+    def __call__(self, image: np.ndarray, block: BoundingBox, corner: tuple[int, int, int]) -> tuple[np.ndarray, dict]:
         from .segment import segment_subvolume
 
-        result = segment_subvolume(self.model, image, self.request)
+        # the corner places masks (volumes, coordinate expressions) where this block is
+        result = segment_subvolume(self.model, image, self.request, corner=corner)
         seg = result.segmentation[block.to_slices()]
         counters = {k: v for k, v in result.counters.items() if isinstance(v, (int, float))}
         counters["fov_evaluations"] = int(result.fov_evaluations)
