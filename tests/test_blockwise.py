@@ -6,8 +6,10 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from neuroflood.bbox import BoundingBox
+from neuroflood.config import ModelConfig
 from neuroflood.distributed import DistInfo
 from neuroflood.errors import ConfigError, DataError, VolumeError
 from neuroflood.infer.blocks import BlockGrid
@@ -181,3 +183,19 @@ def test_a_leak_in_one_blocks_margin_merges_nothing_when_both_sides_must_agree(t
     neuron1, neuron2 = np.unique(stitched[labels == 1]), np.unique(stitched[labels == 2])
     assert len(neuron1) == 1 and len(neuron2) == 1  # each neuron is one object, across the faces
     assert (neuron1[0] != neuron2[0]) == both_sides  # one side's word merges them
+
+
+def test_block_grid_seeds_are_anchored_at_the_job_not_the_block():
+    from neuroflood.infer.blockwise import FFNBlockSegmenter
+    from neuroflood.infer.config import InferenceRequest
+
+    class Model(torch.nn.Module):
+        config = ModelConfig(depth=1, features=4, fov_size=(9, 9, 9), deltas=(2, 2, 2))
+
+    grid = FFNBlockSegmenter(Model(), InferenceRequest.model_validate({"seed_policy": "PolicyGrid3d"}), grid_anchor=(10, 0, 5))
+    assert grid._anchored((30, 20, 5)).seed_policy_args["origin"] == [-20, -20, 0]
+    assert grid.request.seed_policy_args == {}  # the job's request is not changed
+    mine = InferenceRequest.model_validate({"seed_policy": "PolicyGrid3d", "seed_policy_args": {"origin": [1, 2, 3]}})
+    assert FFNBlockSegmenter(Model(), mine)._anchored((30, 20, 5)).seed_policy_args["origin"] == [1, 2, 3]
+    peaks = InferenceRequest.model_validate({})
+    assert FFNBlockSegmenter(Model(), peaks)._anchored((30, 20, 5)) is peaks

@@ -109,11 +109,10 @@ def test_eight_blocks_on_two_workers_against_one_block(tmp_path):
     never merges, so a merge could only come from reconciliation), no object that is whole in
     the one-block result is split at a block face, every block ran once, ids are sequential.
     Agreement with the one-block result is a regression bound, not issue #7's target: adapted
-    Rand 0.028 on this volume on 2026-11-26 (target <= 0.02). The remaining difference is
-    coverage, not seams: voxels that one run's fills reached and the other's did not, no more
-    often next to the block faces than far from them, because a flood fill's extent depends on
-    where its seeds and moves fall (docs/benchmarks.md, "Blockwise seams";
-    benchmarks/blockwise_seams.py measures more volumes).
+    Rand 0.025 on this volume on 2026-11-26 (target <= 0.02). Every block's seed grid is
+    anchored at the job's first voxel, so the blocks propose the one-block run's seeds; the
+    remaining differences lie within a few voxels of the block faces, where fills stop
+    (docs/benchmarks.md, "Blockwise seams"; benchmarks/blockwise_seams.py measures more volumes).
     """
     from neuroflood.infer.segment import segment_subvolume
     from neuroflood.volume import open_volume, write_volume
@@ -136,7 +135,7 @@ def test_eight_blocks_on_two_workers_against_one_block(tmp_path):
     vs_one = segmentation_metrics(contingency_table(stitched, one))
     splits = face_splits(one, stitched, STRIDE)
     assert splits == {}, f"objects cut at a block face: {splits}"
-    assert vs_one["adapted_rand_error"] <= 0.035
+    assert vs_one["adapted_rand_error"] <= 0.03
     print(
         f"stitched vs one block: adapted Rand {vs_one['adapted_rand_error']:.4f}, VI {vs_one['vi']:.4f}; "
         f"objects split at a block face: {len(splits)} {splits}; split VI vs ground truth: stitched "

@@ -195,6 +195,11 @@ def test_simple_policies_on_hand_made_images():
     assert list(make_seed_policy("PolicyMax", canvas))[:2] == [(3, 3, 3), (2, 2, 4)]
     grid = list(make_seed_policy("PolicyGrid3d", PolicyCanvas(np.zeros((8, 8, 8)), margin=(0, 0, 0)), {"step": 4, "offsets": [0, 2]}))
     assert grid[:3] == [(0, 0, 0), (0, 0, 4), (0, 4, 0)] and grid[8] == (2, 2, 2) and len(grid) == 16
+    # anchored elsewhere (blockwise: at the job's first voxel), the lattice shifts with it
+    moved = list(make_seed_policy("PolicyGrid3d", PolicyCanvas(np.zeros((8, 8, 8)), margin=(0, 0, 0)), {"step": 4, "offsets": [0], "origin": [1, -2, 7]}))
+    assert moved == [(z, y, x) for z in (1, 5) for y in (2, 6) for x in (3, 7)]
+    flat = list(make_seed_policy("PolicyGrid2d", PolicyCanvas(np.zeros((2, 8, 8)), margin=(0, 0, 0)), {"step": 4, "offsets": [0], "origin": [5, 1, 2]}))
+    assert flat == [(z, y, x) for z in (0, 1) for y in (1, 5) for x in (2, 6)]
     dense = list(make_seed_policy("PolicyDenseSeeds", canvas, {"threshold": 4}))
     assert dense == [(2, 2, 4), (3, 3, 3)]
     rev = list(make_seed_policy("ReverseCoords", canvas, {"policy_to_reverse": "PolicyDenseSeeds", "threshold": 4}))

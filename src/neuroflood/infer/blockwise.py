@@ -32,7 +32,7 @@ import time
 import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -379,20 +379,33 @@ class FFNBlockSegmenter:
     single-subvolume run; the result is cropped to the block.
     """
 
-    def __init__(self, model: Any, request: Any):
+    def __init__(self, model: Any, request: Any, grid_anchor: Sequence[int] = (0, 0, 0)):
         self.model = model
         self.request = request
         self.context = tuple(int(f) // 2 for f in model.config.fov_size)
+        self.grid_anchor = tuple(int(v) for v in grid_anchor)  # global; the job's first voxel
 
     def __call__(self, image: np.ndarray, block: BoundingBox, corner: tuple[int, int, int]) -> tuple[np.ndarray, dict]:
         from .segment import segment_subvolume
 
         # the corner places masks (volumes, coordinate expressions) where this block is
-        result = segment_subvolume(self.model, image, self.request, corner=corner)
+        result = segment_subvolume(self.model, image, self._anchored(corner), corner=corner)
         seg = result.segmentation[block.to_slices()]
         counters = {k: v for k, v in result.counters.items() if isinstance(v, (int, float))}
         counters["fov_evaluations"] = int(result.fov_evaluations)
         return seg, counters
+
+    def _anchored(self, corner: Sequence[int]) -> Any:
+        """The request, with grid seeds anchored at the job's first voxel instead of the block's.
+
+        Then every block proposes the seeds that one subvolume over the whole box would, and
+        where the blocks overlap they propose the same ones.
+        """
+        request = self.request
+        if request.seed_policy not in ("PolicyGrid3d", "PolicyGrid2d") or "origin" in request.seed_policy_args:
+            return request
+        origin = [a - c for a, c in zip(self.grid_anchor, corner)]
+        return request.model_copy(update={"seed_policy_args": {**request.seed_policy_args, "origin": origin}})
 
 
 # ----------------------------------------------------------------------------------------
@@ -459,7 +472,7 @@ def run_cli(args: Any, request: Any) -> int:
             "request": json.loads(request.model_dump_json()),
         }
         result = segment_blockwise(
-            args.out, image, bbox, block, overlap, FFNBlockSegmenter(model, request), job_request, info,
+            args.out, image, bbox, block, overlap, FFNBlockSegmenter(model, request, bbox.start), job_request, info,
             OverlapRule(args.min_overlap_voxels, args.min_overlap_fraction, not args.one_sided_joins), progress=not args.no_progress,
         )
         if info.is_main:

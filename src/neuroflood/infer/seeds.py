@@ -238,34 +238,48 @@ class PolicyImagePeaks2DDisk(SeedPolicy):
 
 
 class PolicyGrid3d(SeedPolicy):
-    """A regular 3-D grid of step ``step``, repeated at each of the interleaved ``offsets``."""
+    """A regular 3-D grid of step ``step``, repeated at each of the interleaved ``offsets``.
 
-    def __init__(self, canvas: Any, step: int = 16, offsets: Sequence[int] = (0, 8, 4, 12, 2, 10, 14)):
+    ``origin`` (z, y, x, relative to this subvolume; default its first voxel, as google/ffn)
+    is where the grids are anchored. Blockwise segmentation anchors every block's grid at the
+    job's first voxel, so that the blocks propose the seeds of one subvolume over the whole box.
+    """
+
+    def __init__(self, canvas: Any, step: int = 16, offsets: Sequence[int] = (0, 8, 4, 12, 2, 10, 14), origin: Sequence[int] = (0, 0, 0)):
         super().__init__(canvas)
         self.step = int(step)
         self.offsets = tuple(int(o) for o in offsets)
+        self.origin = tuple(int(o) for o in origin)
         if self.step < 1:
             raise ConfigError(f"PolicyGrid3d step {step} must be >= 1")
 
     def init_coords(self) -> np.ndarray | None:
-        sz, sy, sx = self.canvas.shape
         coords = [
             (z, y, x)
             for o in self.offsets
-            for z in range(o, sz, self.step)
-            for y in range(o, sy, self.step)
-            for x in range(o, sx, self.step)
+            for z in _lattice(self.canvas.shape[0], self.origin[0] + o, self.step)
+            for y in _lattice(self.canvas.shape[1], self.origin[1] + o, self.step)
+            for x in _lattice(self.canvas.shape[2], self.origin[2] + o, self.step)
         ]
         return np.array(coords, np.int64).reshape(-1, 3)
 
 
-class PolicyGrid2d(SeedPolicy):
-    """A regular y/x grid on every z-slice, repeated at each of the interleaved ``offsets``."""
+def _lattice(n: int, start: int, step: int) -> range:
+    """The positions in ``[0, n)`` congruent to ``start`` modulo ``step``."""
+    return range(start % step, n, step)
 
-    def __init__(self, canvas: Any, step: int = 16, offsets: Sequence[int] = (0, 8, 4, 12, 2, 6, 10, 14)):
+
+class PolicyGrid2d(SeedPolicy):
+    """A regular y/x grid on every z-slice, repeated at each of the interleaved ``offsets``.
+
+    ``origin``: as for :class:`PolicyGrid3d` (its z is not used).
+    """
+
+    def __init__(self, canvas: Any, step: int = 16, offsets: Sequence[int] = (0, 8, 4, 12, 2, 6, 10, 14), origin: Sequence[int] = (0, 0, 0)):
         super().__init__(canvas)
         self.step = int(step)
         self.offsets = tuple(int(o) for o in offsets)
+        self.origin = tuple(int(o) for o in origin)
         if self.step < 1:
             raise ConfigError(f"PolicyGrid2d step {step} must be >= 1")
 
@@ -275,8 +289,8 @@ class PolicyGrid2d(SeedPolicy):
             (z, y, x)
             for o in self.offsets
             for z in range(sz)
-            for y in range(o, sy, self.step)
-            for x in range(o, sx, self.step)
+            for y in _lattice(sy, self.origin[1] + o, self.step)
+            for x in _lattice(sx, self.origin[2] + o, self.step)
         ]
         return np.array(coords, np.int64).reshape(-1, 3)
 
