@@ -41,7 +41,7 @@ from ..distributed import DistInfo, barrier
 from ..errors import DataError, NeurofloodError, VolumeError
 from ..volume import Volume, _split_container, create_volume, open_volume
 from .blocks import Block, BlockGrid
-from .reconcile import TOUCH, OverlapRule, apply_mapping, build_mapping, confirmed_pairs, encode, overlap_pairs
+from .reconcile import OverlapRule, apply_mapping, build_mapping, confirmed_pairs, encode, margin_pairs
 
 
 class BlockSegmenter(Protocol):
@@ -277,9 +277,9 @@ def reconcile(paths: JobPaths, grid: BlockGrid, rule: OverlapRule) -> tuple[int,
         region[core] = False
         if region.any():
             neighbour = cores.read(block.box.relative_to(grid.bbox.start))
-            pairs.append(overlap_pairs(own, neighbour, region, rule))
-            if rule.both_sides:
-                touching.append(overlap_pairs(own, neighbour, region, TOUCH))
+            agree, touch = margin_pairs(own, neighbour, region, rule)
+            pairs.append(agree)
+            touching.append(touch)
     none = np.zeros((0, 2), np.uint64)
     agreeing = np.concatenate(pairs) if pairs else none
     core_ids = np.concatenate(all_ids)

@@ -68,18 +68,14 @@ def confirmed_pairs(agreeing: np.ndarray, touching: np.ndarray, core_ids: np.nda
     return np.array(sorted(kept), np.uint64).reshape(-1, 2)
 
 
-TOUCH = OverlapRule(min_overlap_voxels=1, min_overlap_fraction=0.0, both_sides=False)  # any shared voxel
-
-
-def overlap_pairs(own: np.ndarray, neighbour: np.ndarray, region: np.ndarray, rule: OverlapRule) -> np.ndarray:
-    """Pairs ``[k, 2]`` of (own id, neighbour id) that agree in ``region`` (a bool mask).
-
-    ``own`` and ``neighbour`` hold block ids of the same voxels.
-    """
+def _overlaps(own: np.ndarray, neighbour: np.ndarray, region: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Every (own id, neighbour id) pair that shares a voxel of ``region``, as ``[k, 2]``, with
+    ``n_ab`` (shared voxels) and ``n_a``, ``n_b`` (each object's voxels in ``region``)."""
     a = own[region]
     b = neighbour[region]
     if a.size == 0:
-        return np.zeros((0, 2), np.uint64)
+        empty = np.zeros(0, np.int64)
+        return np.zeros((0, 2), np.uint64), empty, empty, empty
     ua, ia = np.unique(a, return_inverse=True)
     ub, ib = np.unique(b, return_inverse=True)
     n_a = np.bincount(ia)
@@ -88,10 +84,22 @@ def overlap_pairs(own: np.ndarray, neighbour: np.ndarray, region: np.ndarray, ru
     pair = ia[both].astype(np.int64) * len(ub) + ib[both]
     keys, n_ab = np.unique(pair, return_counts=True)
     pa, pb = keys // len(ub), keys % len(ub)
-    ok = (n_ab >= rule.min_overlap_voxels) & (
-        n_ab >= rule.min_overlap_fraction * np.minimum(n_a[pa], n_b[pb])
-    )
-    return np.stack([ua[pa[ok]], ub[pb[ok]]], axis=1).astype(np.uint64)
+    return np.stack([ua[pa], ub[pb]], axis=1).astype(np.uint64), n_ab, n_a[pa], n_b[pb]
+
+
+def margin_pairs(own: np.ndarray, neighbour: np.ndarray, region: np.ndarray, rule: OverlapRule) -> tuple[np.ndarray, np.ndarray]:
+    """(pairs that agree in ``region`` by ``rule``, pairs that share any voxel of it).
+
+    ``own`` and ``neighbour`` hold block ids of the same voxels; pairs are (own id, neighbour id).
+    """
+    pairs, n_ab, n_a, n_b = _overlaps(own, neighbour, region)
+    agree = (n_ab >= rule.min_overlap_voxels) & (n_ab >= rule.min_overlap_fraction * np.minimum(n_a, n_b))
+    return pairs[agree], pairs
+
+
+def overlap_pairs(own: np.ndarray, neighbour: np.ndarray, region: np.ndarray, rule: OverlapRule) -> np.ndarray:
+    """Pairs ``[k, 2]`` of (own id, neighbour id) that agree in ``region`` (a bool mask)."""
+    return margin_pairs(own, neighbour, region, rule)[0]
 
 
 def build_mapping(ids: np.ndarray, pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
