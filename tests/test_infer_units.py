@@ -218,6 +218,8 @@ def test_seed_policy_errors():
         make_seed_policy("PolicyNope", canvas)
     with pytest.raises(ConfigError, match="no argument stepp"):
         make_seed_policy("PolicyGrid3d", canvas, {"stepp": 3})
+    with pytest.raises(ConfigError, match=r"PolicyGrid2d origin \[4, 4\] must be 3 integers z, y, x"):
+        make_seed_policy("PolicyGrid2d", canvas, {"origin": [4, 4]})
 
 
 # -- canvas rules ------------------------------------------------------------------------------------

@@ -249,7 +249,7 @@ class PolicyGrid3d(SeedPolicy):
         super().__init__(canvas)
         self.step = int(step)
         self.offsets = tuple(int(o) for o in offsets)
-        self.origin = tuple(int(o) for o in origin)
+        self.origin = _grid_origin(origin, type(self).__name__)
         if self.step < 1:
             raise ConfigError(f"PolicyGrid3d step {step} must be >= 1")
 
@@ -262,6 +262,12 @@ class PolicyGrid3d(SeedPolicy):
             for x in _lattice(self.canvas.shape[2], self.origin[2] + o, self.step)
         ]
         return np.array(coords, np.int64).reshape(-1, 3)
+
+
+def _grid_origin(origin: Sequence[int], policy: str) -> tuple[int, int, int]:
+    if len(origin) != 3:
+        raise ConfigError(f"{policy} origin {list(origin)} must be 3 integers z, y, x, e.g. origin = [0, 0, 0]")
+    return tuple(int(o) for o in origin)  # type: ignore[return-value]
 
 
 def _lattice(n: int, start: int, step: int) -> range:
@@ -279,7 +285,7 @@ class PolicyGrid2d(SeedPolicy):
         super().__init__(canvas)
         self.step = int(step)
         self.offsets = tuple(int(o) for o in offsets)
-        self.origin = tuple(int(o) for o in origin)
+        self.origin = _grid_origin(origin, type(self).__name__)
         if self.step < 1:
             raise ConfigError(f"PolicyGrid2d step {step} must be >= 1")
 
