@@ -14,7 +14,10 @@ from neuroflood.distributed import DistInfo
 from neuroflood.errors import ConfigError, DataError, VolumeError
 from neuroflood.infer.blocks import BlockGrid
 from neuroflood.infer.blockwise import BlockFailures, JobPaths, segment_blockwise
-from neuroflood.infer.reconcile import OverlapRule, apply_mapping, build_mapping, confirmed_pairs, encode, overlap_pairs
+from neuroflood.infer.handover import handover_seeds, merge_extension
+from neuroflood.infer.reconcile import (
+    OverlapRule, apply_mapping, build_mapping, confirmed_pairs, encode, handover_pairs, inblock_pairs, overlap_pairs,
+)
 from neuroflood.volume import ArrayVolume, open_volume
 
 
@@ -64,6 +67,51 @@ def test_confirmed_pairs_need_the_other_side_to_touch_unless_unowned():
     # (1,5): 5 touches 1; (2,7): 7 touches 6, not 2; (9,3): 3 touches 9; (4,8): 4 is unowned
     assert confirmed_pairs(agreeing, touching, core_ids).tolist() == [[1, 5], [3, 9], [4, 8]]
     assert confirmed_pairs(np.zeros((0, 2), np.uint64), touching, core_ids).shape == (0, 2)
+
+
+def test_handover_seeds_go_where_a_neighbour_reaches_into_empty_core():
+    """Two blocks along x (cores x < 16 and x >= 16, boxes overlapping by 4 on each side)."""
+    grid = BlockGrid(BoundingBox.from_shape((16, 16, 32)), (16, 16, 24), (8, 8, 8))
+    a, b = grid[0], grid[1]
+    assert (a.box.stop[2], b.box.start[2], b.core.start[2]) == (20, 12, 16)
+    seg = {0: np.zeros(a.box.size, np.uint32), 1: np.zeros(b.box.size, np.uint32)}
+    seg[0][2:14, 2:14, 8:] = 7  # A's object 7 reaches x = 19, 4 voxels into B's core
+    seg[0][2:4, 2:4, 4:] = 3  # A's object 3: 2 x 2 x 4 = 16 voxels in B's core, a sliver
+    seg[1][8:14, 2:14, 4:] = 5  # B flooded the upper z half of 7's continuation itself (x >= 16)
+    seeds, sources = handover_seeds(grid, b, seg.__getitem__, min_voxels=20)
+    # one piece of 7 where B is empty (z 2..7, minus A's sliver 3), big enough: its seed lies
+    # deep in 7 and away from B's 5, inside B's core; 3's 16 voxels are too few
+    assert sources.tolist() == [[0, 7]]
+    (z, y, x), = seeds.tolist()
+    assert 16 <= x < 20 and seg[1][z, y, x - 12] == 0 and seg[0][z, y, x] == 7 and z <= 6
+    assert handover_seeds(grid, a, seg.__getitem__, min_voxels=20)[0].shape == (0, 3)  # A's core is covered
+    # a seed box that leaves out where 7's piece lies (z < 8): no seed
+    assert handover_seeds(grid, b, seg.__getitem__, 20, BoundingBox((8, 0, 0), (8, 16, 32)))[0].shape == (0, 3)
+    assert handover_seeds(grid, b, seg.__getitem__, min_voxels=10)[1].tolist() == [[0, 7], [0, 3]]  # by size
+
+
+def test_merge_extension_keeps_the_old_ids_and_numbers_new_objects_after_them():
+    old = np.array([0, 4, 4, 9, 0, 0])
+    canvas = np.array([3, 1, 1, 2, 4, 3])  # canvas ids: 1, 2 are the old 4, 9; 3, 4 are new
+    assert merge_extension(old, canvas, {1: 4, 2: 9}).tolist() == [10, 4, 4, 9, 11, 10]
+    with pytest.raises(AssertionError, match="changed the block's existing objects"):
+        merge_extension(old, np.array([3, 1, 2, 2, 4, 3]), {1: 4, 2: 9})
+
+
+def test_handover_objects_join_their_source_when_the_other_side_touches_it():
+    rule = OverlapRule(min_overlap_voxels=50)
+    touching = np.array([[10, 1], [11, 2], [5, 3], [12, 4]], np.uint64)  # (own, neighbour) in own's margin
+    shared = np.array([60, 49, 80, 70])
+    handed = np.array([[10, 1], [11, 2], [13, 3], [12, 9]], np.uint64)  # (new object, source object)
+    # 10 touches its source 1 on 60 voxels; 11 touches 2 on only 49; 13 never touches 3 but
+    # its fill ran over 5, which does (80); 12's source 9 is touched by nobody
+    ran_over = np.array([[13, 5]], np.uint64)
+    assert handover_pairs(handed, touching, shared, rule, ran_over).tolist() == [[10, 1], [13, 3]]
+    assert handover_pairs(handed, touching, shared, rule).tolist() == [[10, 1]]
+    # in the block: (new, other, covered, |new|, |other|): 60 of min(100, 400) -> join; 60 of
+    # min(200, 400) < 0.5 -> no; 40 voxels < 50 -> no
+    overlaps = [[7, 3, 60, 100, 400], [8, 3, 60, 200, 400], [9, 4, 40, 50, 60]]
+    assert inblock_pairs(2, overlaps, rule).tolist() == encode(2, np.array([[7, 3]])).tolist()
 
 
 class GroundTruthSegmenter:

@@ -81,6 +81,7 @@ def test_output_of_another_request_is_an_error_unless_overwrite(setup, capsys):
         (["--set", "movement_policy_args.deltas=[6,6,6]"], "do not fit the model's FOV"),
         (["--set", "device=cuda:7"], "cuda"),
         (["--set", "options"], "KEY=VALUE"),
+        (["--block-size", "20,20,20", "--handover-rounds", "-1"], "--handover-rounds -1 must be 0"),
     ],
 )
 def test_bad_input_is_a_one_line_error_and_nothing_is_written(setup, capsys, args, message):

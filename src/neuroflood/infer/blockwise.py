@@ -7,6 +7,8 @@ The job, for an output ``ROOT.zarr/NAME``::
     ROOT.zarr/.NAME.work/blocks/I.npz      block I's segmentation of its whole box (local ids)
     ROOT.zarr/.NAME.work/blocks/I.done     JSON: block I finished (box, counters, worker)
     ROOT.zarr/.NAME.work/blocks/I.failed   JSON: block I raised (box, error); rerun redoes it
+    ROOT.zarr/.NAME.work/handover/K/       hand-over round K: I.seeds.npz, I.npz (block I after
+                                           the round), I.done, I.failed
     ROOT.zarr/.NAME.work/mapping.npz       block id -> global id (after reconciliation)
     ROOT.zarr/NAME                         the segmentation, sequential ids (zarr)
 
@@ -15,7 +17,12 @@ The job, for an output ``ROOT.zarr/NAME``::
    makes a rerun of the same command resume.
 2. Each block is segmented with image context around it (the segmenter's margin), its box
    saved, its core written into ``cores``, then its ``.done`` marker.
-3. After a barrier, rank 0 compares each block's overlap with its neighbours' cores
+3. Hand-over rounds (:mod:`neuroflood.infer.handover`): each block is handed seeds where its
+   neighbours' objects reach into its core on voxels it left unsegmented, and floods them
+   from its saved segmentation; a round's seeds are computed from the previous round's
+   blocks and saved first, and each round writes its blocks to new files, so a killed
+   round resumes exactly.
+4. After a barrier, rank 0 compares each block's overlap with its neighbours' cores
    (:mod:`neuroflood.infer.reconcile`), joins agreeing objects by union-find and saves the
    mapping; then all ranks relabel the cores into ``NAME``, written under a temporary name and
    renamed when complete.
@@ -38,10 +45,13 @@ import numpy as np
 
 from ..bbox import BoundingBox
 from ..distributed import DistInfo, barrier
-from ..errors import DataError, NeurofloodError, VolumeError
+from ..errors import ConfigError, DataError, NeurofloodError, VolumeError
 from ..volume import Volume, _split_container, create_volume, open_volume
 from .blocks import Block, BlockGrid
-from .reconcile import OverlapRule, apply_mapping, build_mapping, confirmed_pairs, encode, margin_pairs
+from .handover import MIN_HANDOVER_VOXELS, handover_seeds, merge_extension
+from .reconcile import (
+    OverlapRule, apply_mapping, build_mapping, confirmed_pairs, encode, handover_pairs, inblock_pairs, margin_pairs,
+)
 
 
 class BlockSegmenter(Protocol):
@@ -53,6 +63,23 @@ class BlockSegmenter(Protocol):
         """Segment ``image[block]`` (``block`` is relative to ``image``, which includes the
         context and starts at global position ``corner``); return (local ids of the block
         region, counters)."""
+
+    # Optional, for hand-over rounds (segmenters without it are not handed seeds):
+    # extend(image, block, corner, segmentation, seeds) -> Extension continues from
+    # ``segmentation`` (the block's ids, kept unchanged) and floods from ``seeds`` (global
+    # z, y, x), giving new objects ids above the existing ones.
+
+
+@dataclass
+class Extension:
+    """What a hand-over run of one block made (:meth:`FFNBlockSegmenter.extend`)."""
+
+    segmentation: np.ndarray  # the block's ids: the old ones unchanged, new objects above them
+    counters: dict
+    seeded_from: dict[int, int]  # new object id -> index of the seed it started from
+    # (new id, other id, voxels of the other object the new one's fill covered before it was
+    # cut to free voxels, voxels of the new object, voxels of the other), within the block
+    overlaps: list[tuple[int, int, int, int, int]] = field(default_factory=list)
 
 
 @dataclass
@@ -95,6 +122,9 @@ class JobPaths:
     def block_seg(self, i: int) -> Path:
         return self.blocks / f"{i}.npz"
 
+    def handover(self, round_: int) -> Path:
+        return self.work / "handover" / str(round_)
+
 
 @dataclass
 class BlockwiseResult:
@@ -107,6 +137,7 @@ class BlockwiseResult:
     joins: int = 0
     fov_evaluations: int = 0
     seconds: float = 0.0
+    handover_seeds: list[int] = field(default_factory=list)  # seeds handed over, per round run
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -212,24 +243,142 @@ def _segment_block(paths, grid: BlockGrid, block: Block, image: Volume, segmente
     seg, counters = segmenter(data, inner, context.start)
     if seg.shape != tuple(block.box.size):
         raise DataError(f"segmenter returned shape {seg.shape} for block of size {block.box.size}")
-    seg = seg.astype(np.uint32, copy=False)
     paths.failed(block.index).unlink(missing_ok=True)
-    _atomic_savez(paths.block_seg(block.index), segmentation=seg)
+    _save_block(paths.block_seg(block.index), grid, block, seg, cores)
+    _atomic_write_text(paths.done(block.index), _done_record(block, seg, time.time() - t, counters, info))
+    return counters
+
+
+def _save_block(path: Path, grid: BlockGrid, block: Block, seg: np.ndarray, cores: Volume) -> None:
+    """Store a block's segmentation of its box at ``path`` and write its core's block ids."""
+    seg = seg.astype(np.uint32, copy=False)
+    _atomic_savez(path, segmentation=seg)
     core_local = block.core.relative_to(block.box.start).to_slices()
     cores.write(block.core.relative_to(grid.bbox.start), encode(block.index, seg[core_local]))
-    done = {
+
+
+def _done_record(block: Block, seg: np.ndarray, seconds: float, counters: dict, info: DistInfo, **extra: Any) -> str:
+    return json.dumps({
         "block": block.index,
         "box": str(block.box),
         "core": str(block.core),
         "segments": int(len(np.unique(seg)) - (1 if (seg == 0).any() else 0)),
-        "seconds": time.time() - t,
+        "seconds": seconds,
         "counters": counters,
         "rank": info.rank,
         "pid": os.getpid(),
         "host": socket.gethostname(),
-    }
-    _atomic_write_text(paths.done(block.index), json.dumps(done, indent=2, default=str))
-    return counters
+        **extra,
+    }, indent=2, default=str)
+
+
+def _load_block(paths: JobPaths, i: int, after_round: int | None = None) -> np.ndarray:
+    """Block ``i``'s segmentation after hand-over round ``after_round`` (None: the last one).
+
+    Each round writes its result next to its done marker (``handover/K/I.npz``) and never
+    overwrites an earlier state, so a round killed half-way is redone from the same input.
+    """
+    rounds = sorted((int(p.name) for p in (paths.work / "handover").glob("*") if p.name.isdigit()), reverse=True)
+    for k in rounds:
+        if (after_round is None or k <= after_round) and (paths.handover(k) / f"{i}.done").exists():
+            return np.load(paths.handover(k) / f"{i}.npz")["segmentation"]
+    return np.load(paths.block_seg(i))["segmentation"]
+
+
+def run_handover_round(
+    paths: JobPaths,
+    grid: BlockGrid,
+    image: Volume,
+    segmenter: BlockSegmenter,
+    info: DistInfo,
+    round_: int,
+    min_voxels: int = MIN_HANDOVER_VOXELS,
+    progress: bool = True,
+) -> tuple[int, BlockwiseResult]:
+    """One hand-over round on every worker; returns (seeds handed over in all, this worker's work).
+
+    First every block's seeds are computed from the blocks as the previous round left them
+    and saved (``handover/K/I.seeds.npz``; the workers share the blocks); after a barrier,
+    workers claim the blocks that were handed seeds and flood them. A block with a
+    ``handover/K/I.done`` marker is skipped, so a rerun resumes the round.
+    """
+    folder = paths.handover(round_)
+    if info.is_main:
+        folder.mkdir(parents=True, exist_ok=True)
+    barrier()
+    # seeds only where an FOV centred on them fits in the image (the Canvas refuses others)
+    c = segmenter.context
+    seed_box = BoundingBox.from_start_stop(c, [max(a, n - a) for a, n in zip(c, image.shape)])
+    for block in grid:  # seeds: a static share each, cheap next to segmenting
+        target = folder / f"{block.index}.seeds.npz"
+        if block.index % info.world_size == info.rank and not target.exists():
+            found, sources = handover_seeds(grid, block, lambda i: _load_block(paths, i, round_ - 1), min_voxels, seed_box)
+            # a seed that started nothing in an earlier round would start nothing again
+            tried = {tuple(p) for k in range(1, round_) for p in np.load(paths.handover(k) / f"{block.index}.seeds.npz")["seeds"]}
+            fresh = np.array([tuple(p) not in tried for p in found], bool)
+            _atomic_savez(target, seeds=found[fresh], sources=sources[fresh])
+    barrier()
+    saved = {b.index: np.load(folder / f"{b.index}.seeds.npz") for b in grid}
+    seeds = {i: f["seeds"] for i, f in saved.items()}
+    handed = [i for i in range(len(grid)) if len(seeds[i])]
+    result = BlockwiseResult(blocks=len(handed), blocks_run=[], blocks_skipped=0)
+    if not handed:
+        return 0, result
+    cores = open_volume(paths.cores_spec, mode="r+")
+    claim = _claim_blocks(len(handed), info, f"neuroflood/{paths.work}/handover/{round_}")
+    bar = None
+    if progress and info.is_main:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(handed), desc=f"hand-over {round_}", unit="block", file=sys.stderr, dynamic_ncols=True)
+    while (j := claim()) is not None:
+        block = grid[handed[j]]
+        done, failed = folder / f"{block.index}.done", folder / f"{block.index}.failed"
+        if done.exists():
+            result.blocks_skipped += 1
+        else:
+            t = time.time()
+            try:
+                context = block.box.grow(segmenter.context).clip(image.shape)
+                old = _load_block(paths, block.index, round_ - 1)
+                ext = segmenter.extend(  # type: ignore[attr-defined]
+                    image.read(context), block.box.relative_to(context.start), context.start, old, seeds[block.index]
+                )
+                seg, counters = ext.segmentation, ext.counters
+                failed.unlink(missing_ok=True)
+                _save_block(folder / f"{block.index}.npz", grid, block, seg, cores)
+                # which neighbour's object each new object was seeded in: a join candidate
+                sources = saved[block.index]["sources"]
+                seeded_in = [[int(new_id), *map(int, sources[k])] for new_id, k in sorted(ext.seeded_from.items())]
+                _atomic_write_text(done, _done_record(
+                    block, seg, time.time() - t, counters, info,
+                    round=round_, seeds=len(seeds[block.index]), new_segments=len(seeded_in), handed=seeded_in,
+                    overlaps=[list(map(int, o)) for o in ext.overlaps],
+                ))
+                result.fov_evaluations += int(counters.get("fov_evaluations", 0))
+                result.blocks_run.append(block.index)
+            except Exception as e:
+                record = {"block": block.index, "box": str(block.box), "round": round_, "error": f"{type(e).__name__}: {e}",
+                          "traceback": traceback.format_exc(), "rank": info.rank}
+                _atomic_write_text(failed, json.dumps(record, indent=2))
+                print(f"neuroflood: hand-over round {round_}, block {block.index} at {block.box} failed: {record['error']}", file=sys.stderr)
+                result.failed.append(record)
+        if bar is not None:
+            bar.n = sum(1 for _ in folder.glob("*.done"))
+            bar.refresh()
+    if bar is not None:
+        bar.close()
+    barrier()
+    failures = [json.loads((folder / f"{i}.failed").read_text()) for i in handed if not (folder / f"{i}.done").exists()
+                and (folder / f"{i}.failed").exists()]
+    missing = [i for i in handed if not (folder / f"{i}.done").exists()]
+    if missing:
+        lines = "; ".join(f"block {f['block']} at {f['box']}: {f['error']}" for f in failures[:5]) or f"blocks {missing[:5]} did not finish"
+        raise BlockFailures(
+            f"hand-over round {round_}: {len(missing)} of {len(handed)} blocks failed ({lines}); fix the cause and "
+            "rerun the same command: finished blocks are kept"
+        )
+    return int(sum(len(s) for s in seeds.values())), result
 
 
 def _progress(grid: BlockGrid, paths: JobPaths, info: DistInfo, enabled: bool):
@@ -268,8 +417,9 @@ def reconcile(paths: JobPaths, grid: BlockGrid, rule: OverlapRule) -> tuple[int,
     all_ids: list[np.ndarray] = []
     pairs: list[np.ndarray] = []
     touching: list[np.ndarray] = []
+    shared: list[np.ndarray] = []
     for block in grid:
-        seg = np.load(paths.block_seg(block.index))["segmentation"]
+        seg = _load_block(paths, block.index)
         own = encode(block.index, seg)
         core = block.core.relative_to(block.box.start).to_slices()
         all_ids.append(np.unique(own[core]))
@@ -277,14 +427,35 @@ def reconcile(paths: JobPaths, grid: BlockGrid, rule: OverlapRule) -> tuple[int,
         region[core] = False
         if region.any():
             neighbour = cores.read(block.box.relative_to(grid.bbox.start))
-            agree, touch = margin_pairs(own, neighbour, region, rule)
+            agree, touch, n_shared = margin_pairs(own, neighbour, region, rule)
             pairs.append(agree)
             touching.append(touch)
+            shared.append(n_shared)
     none = np.zeros((0, 2), np.uint64)
     agreeing = np.concatenate(pairs) if pairs else none
+    touched = np.concatenate(touching) if touching else none
     core_ids = np.concatenate(all_ids)
     if rule.both_sides:
-        agreeing = confirmed_pairs(agreeing, np.concatenate(touching) if touching else none, core_ids)
+        agreeing = confirmed_pairs(agreeing, touched, core_ids)
+    # objects flooded from hand-over seeds: the neighbour objects the seeds lay in, and the
+    # block's older objects their fills ran over
+    records = [json.loads(p.read_text()) for p in sorted(paths.work.glob("handover/*/*.done"))]
+    handed = [
+        (encode(d["block"], np.array([b]))[0], encode(a_block, np.array([a]))[0])
+        for d in records
+        for b, a_block, a in d.get("handed", [])
+    ]
+    if records:
+        n_shared = np.concatenate(shared) if shared else np.zeros(0, np.int64)
+        ran_over = [
+            (encode(d["block"], np.array([new]))[0], encode(d["block"], np.array([other]))[0])
+            for d in records
+            for new, other, n, *_ in d.get("overlaps", [])
+            if other > 0 and n >= rule.min_overlap_voxels
+        ]
+        extra = [handover_pairs(np.array(handed, np.uint64), touched, n_shared, rule, np.array(ran_over, np.uint64))]
+        extra += [inblock_pairs(d["block"], d.get("overlaps", []), rule) for d in records]
+        agreeing = np.unique(np.concatenate([agreeing, *(np.sort(e, axis=1) for e in extra)]), axis=0)
     ids, new = build_mapping(core_ids, agreeing)
     _atomic_savez(paths.work / "mapping.npz", block_ids=ids, global_ids=new)
     return int(new.max()) if len(new) else 0, int(len(agreeing))
@@ -330,13 +501,24 @@ def segment_blockwise(
     info: DistInfo,
     rule: OverlapRule = OverlapRule(),
     progress: bool = True,
+    handover_rounds: int = 2,
 ) -> BlockwiseResult:
-    """The whole job: blocks, then reconciliation and output. Raises if a block failed."""
+    """The whole job: blocks, hand-over rounds, reconciliation and output. Raises if a block failed.
+
+    ``handover_rounds``: at most this many rounds of :func:`run_handover_round` (0: none);
+    they stop early when no block is handed a seed. A segmenter without ``extend`` is
+    never handed seeds.
+    """
     if bbox.clip(image.shape) != bbox:
         raise DataError(f"bounding box {bbox} lies outside the image of shape {image.shape}; clip it")
     paths = JobPaths.from_spec(out_spec)
     grid = BlockGrid(bbox, block_size, overlap)
-    request = {**request, "bbox": str(bbox), "block_size": list(grid.block_size), "overlap": list(grid.overlap), "rule": asdict(rule)}
+    if not hasattr(segmenter, "extend"):
+        handover_rounds = 0
+    request = {
+        **request, "bbox": str(bbox), "block_size": list(grid.block_size), "overlap": list(grid.overlap),
+        "rule": asdict(rule), "handover_rounds": int(handover_rounds),
+    }
     prepare_job(paths, grid, request, info)
     t0 = time.time()
     result = run_blocks(paths, grid, image, segmenter, info, progress)
@@ -357,6 +539,12 @@ def segment_blockwise(
             f"{len(failures)} of {len(grid)} blocks failed ({lines}); fix the cause and rerun the "
             "same command: finished blocks are kept"
         )
+    for round_ in range(1, handover_rounds + 1):
+        seeds, handed = run_handover_round(paths, grid, image, segmenter, info, round_, progress=progress)
+        if not seeds:
+            break
+        result.handover_seeds.append(seeds)
+        result.fov_evaluations += _all_sum(info, handed.fov_evaluations)
     if info.is_main:
         result.segments, result.joins = reconcile(paths, grid, rule)
     barrier()
@@ -365,6 +553,18 @@ def segment_blockwise(
         result.segments = int(np.load(paths.work / "mapping.npz")["global_ids"].max(initial=0))
     result.seconds = time.time() - t0
     return result
+
+
+def _all_sum(info: DistInfo, value: int) -> int:
+    """``value`` summed over all workers."""
+    if not info.distributed:
+        return value
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor([value], dtype=torch.int64)
+    dist.all_reduce(t)
+    return int(t[0])
 
 
 class BlockFailures(NeurofloodError):
@@ -394,6 +594,53 @@ class FFNBlockSegmenter:
         counters = {k: v for k, v in result.counters.items() if isinstance(v, (int, float))}
         counters["fov_evaluations"] = int(result.fov_evaluations)
         return seg, counters
+
+    def extend(
+        self, image: np.ndarray, block: BoundingBox, corner: tuple[int, int, int], segmentation: np.ndarray, seeds: np.ndarray
+    ) -> Extension:
+        """Continue the block from ``segmentation`` and flood from ``seeds`` (global z, y, x), in order.
+
+        The block's objects are the canvas's initial segmentation (obstacles, kept as they
+        are); the seeds go through the Canvas as any seed policy's would (a seed on a
+        segmented voxel, too close to one, or that the network does not believe starts no
+        object). New objects get ids above the block's.
+        """
+        from .segment import segment_subvolume
+
+        init = np.zeros(image.shape, np.int64)
+        init[block.to_slices()] = segmentation
+        n = len(seeds)  # PolicyInvertOrigins goes by id, descending: id n is the first seed
+        origins = {n - k: tuple(int(v) for v in seed) for k, seed in enumerate(seeds)}
+        request = self.request.model_copy(update={
+            "seed_policy": "PolicyInvertOrigins", "seed_policy_args": {"origins": origins, "corner": list(corner)},
+        })
+        result = segment_subvolume(self.model, image, request, corner=corner, init_segmentation=init)
+        full = merge_extension(init, result.segmentation.astype(np.int64), result.local_to_global)
+        seg = full[block.to_slices()]
+        # only new objects have origins; merge_extension numbers canvas id i as top + i - n_old
+        top, n_old = int(init.max(initial=0)), len(result.local_to_global)
+        seed_index = {tuple(int(v) for v in p): k for k, p in enumerate(np.asarray(seeds) - np.asarray(corner))}
+        ids, sizes = np.unique(seg, return_counts=True)
+        size = dict(zip(ids.tolist(), sizes.tolist()))
+
+        def block_id(canvas_id: int) -> int:
+            return result.local_to_global[canvas_id] if canvas_id <= n_old else top + canvas_id - n_old
+
+        started = {
+            block_id(int(sid)): seed_index[tuple(origin.start_zyx)]
+            for sid, origin in result.origins.items()
+            if block_id(int(sid)) in size
+        }
+        overlaps = [  # objects with voxels in the block, not only in its context
+            (new, block_id(other), count, size[new], size[block_id(other)])
+            for sid, (others, counts) in result.overlaps.items()
+            if (new := block_id(int(sid))) in size
+            for other, count in zip(others, counts)
+            if block_id(other) in size
+        ]
+        counters = {k: v for k, v in result.counters.items() if isinstance(v, (int, float))}
+        counters["fov_evaluations"] = int(result.fov_evaluations)
+        return Extension(seg, counters, started, overlaps)
 
     def _anchored(self, corner: Sequence[int]) -> Any:
         """The request, with grid seeds anchored at the job's first voxel instead of the block's.
@@ -433,6 +680,10 @@ def add_arguments(parser: Any) -> None:
         help="... and at least this fraction of the smaller one's voxels in the overlap",
     )
     g.add_argument(
+        "--handover-rounds", type=int, default=2, metavar="N",
+        help="rounds in which each block floods the objects its neighbours carry into its core (default 2; 0: none)",
+    )
+    g.add_argument(
         "--one-sided-joins", action="store_true",
         help="join objects on one block's word (default: the other block must see them touch in its margin, so that one leaky fill cannot merge two neurons)",
     )
@@ -449,6 +700,8 @@ def run_cli(args: Any, request: Any) -> int:
     from ..model import load_model
     from .segment import model_fingerprint
 
+    if args.handover_rounds < 0:
+        raise ConfigError(f"--handover-rounds {args.handover_rounds} must be 0 (none) or more")
     if args.nproc_per_node and "LOCAL_RANK" not in os.environ:
         return launch_local(args.nproc_per_node, strip_launch_args(args.argv), threads_per_worker=args.threads)
     info = init_distributed(request.device if request.device != "auto" else "auto")
@@ -474,6 +727,7 @@ def run_cli(args: Any, request: Any) -> int:
         result = segment_blockwise(
             args.out, image, bbox, block, overlap, FFNBlockSegmenter(model, request, bbox.start), job_request, info,
             OverlapRule(args.min_overlap_voxels, args.min_overlap_fraction, not args.one_sided_joins), progress=not args.no_progress,
+            handover_rounds=args.handover_rounds,
         )
         if info.is_main:
             summary = _summary(args, bbox, result)
@@ -493,6 +747,8 @@ def _summary(args: Any, bbox: BoundingBox, result: BlockwiseResult) -> dict:
     """The single-subvolume summary, with block counts; FOVs counted over all blocks ever run."""
     paths = JobPaths.from_spec(args.out)
     done = [json.loads(p.read_text()) for p in sorted(paths.blocks.glob("*.done"))]
+    handover = [json.loads(p.read_text()) for p in sorted(paths.work.glob("handover/*/*.done"))]
+    done += handover
     fovs = int(sum(d["counters"].get("fov_evaluations", 0) for d in done))
     seconds = float(sum(d["seconds"] for d in done))
     out = open_volume(args.out)
@@ -512,6 +768,9 @@ def _summary(args: Any, bbox: BoundingBox, result: BlockwiseResult) -> dict:
         "blocks_skipped": result.blocks_skipped,
         "blocks_failed": len(result.failed),
         "joins": result.joins,
+        "handover_rounds": len({d["round"] for d in handover}),
+        "handover_seeds": int(sum(d["seeds"] for d in handover)),
+        "handover_segments": int(sum(d["new_segments"] for d in handover)),
         "image": args.image,
         "bbox": str(bbox),
         "out": args.out,

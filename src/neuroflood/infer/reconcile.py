@@ -21,6 +21,21 @@ A piece of which A owns no voxel (it lies wholly in A's margins) cannot be check
 other side and joins on A's word: it is how A tells two neighbours that their pieces meet
 inside A's box.
 
+An object that a block flooded from a **hand-over seed** (:mod:`neuroflood.infer.handover`)
+was seeded inside a neighbour's object ``a``, in the neighbour's margin. It joins ``a`` when
+it also overlaps ``a`` by at least ``min_overlap_voxels`` in its own block's margin, which
+lies in ``a``'s block's core: the seed says the two are one object on ``a``'s side of the face,
+the overlap says so on the other. The overlap fraction is not asked: a piece flooded late
+meets its neighbour's object only where the earlier objects left room. For the same reason an
+older object of the block whose voxels the new fill ran over (at least ``min_overlap_voxels``)
+may do the touching in its place.
+
+Such an object is often the rest of an object the block already has, whose fill stopped
+(at a thin neck, say) before the block's face: the new fill then runs over the old object's
+voxels before the Canvas cuts it to free ones, as one fill over the whole object would have.
+The two **join inside the block** when that covered part passes the overlap rule: at least
+``min_overlap_voxels`` voxels, and at least ``min_overlap_fraction`` of the smaller object.
+
 Joins are transitive (union-find over all blocks); every other object keeps an id of its own.
 The result is a mapping from block ids to sequential ids 1..N in block order. Memory is
 bounded by one block plus the number of objects; the whole volume is never loaded.
@@ -87,19 +102,62 @@ def _overlaps(own: np.ndarray, neighbour: np.ndarray, region: np.ndarray) -> tup
     return np.stack([ua[pa], ub[pb]], axis=1).astype(np.uint64), n_ab, n_a[pa], n_b[pb]
 
 
-def margin_pairs(own: np.ndarray, neighbour: np.ndarray, region: np.ndarray, rule: OverlapRule) -> tuple[np.ndarray, np.ndarray]:
-    """(pairs that agree in ``region`` by ``rule``, pairs that share any voxel of it).
+def margin_pairs(
+    own: np.ndarray, neighbour: np.ndarray, region: np.ndarray, rule: OverlapRule
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(pairs that agree in ``region`` by ``rule``, pairs that share any voxel of it, the
+    voxels each of those shares).
 
     ``own`` and ``neighbour`` hold block ids of the same voxels; pairs are (own id, neighbour id).
     """
     pairs, n_ab, n_a, n_b = _overlaps(own, neighbour, region)
     agree = (n_ab >= rule.min_overlap_voxels) & (n_ab >= rule.min_overlap_fraction * np.minimum(n_a, n_b))
-    return pairs[agree], pairs
+    return pairs[agree], pairs, n_ab
+
+
+def handover_pairs(
+    handed: np.ndarray, touching: np.ndarray, shared: np.ndarray, rule: OverlapRule, ran_over: np.ndarray | None = None
+) -> np.ndarray:
+    """The pairs ``(b, a)`` of ``handed`` (object ``b`` flooded from a seed in neighbour object
+    ``a``) that overlap by at least ``rule.min_overlap_voxels`` in ``b``'s block's margin.
+
+    ``touching`` and ``shared``: the (own id, neighbour id) pairs of every block's margin and
+    their shared voxels, as :func:`margin_pairs` returns them. ``ran_over``: pairs (``b``, an
+    older object of ``b``'s block whose voxels ``b``'s fill covered, at least
+    ``min_overlap_voxels`` of them); such an object may stand in for ``b`` in the margin, where
+    it sits in ``b``'s way.
+    """
+    strong = {
+        (int(b), int(a))
+        for (b, a), n in zip(np.asarray(touching, np.uint64).reshape(-1, 2), np.asarray(shared).ravel())
+        if n >= rule.min_overlap_voxels
+    }
+    stand_ins: dict[int, set[int]] = {}
+    for b, other in np.asarray(ran_over if ran_over is not None else [], np.uint64).reshape(-1, 2):
+        stand_ins.setdefault(int(b), set()).add(int(other))
+    kept = [
+        p for p in np.asarray(handed, np.uint64).reshape(-1, 2)
+        if any((f, int(p[1])) in strong for f in {int(p[0])} | stand_ins.get(int(p[0]), set()))
+    ]
+    return np.array(kept, np.uint64).reshape(-1, 2)
 
 
 def overlap_pairs(own: np.ndarray, neighbour: np.ndarray, region: np.ndarray, rule: OverlapRule) -> np.ndarray:
     """Pairs ``[k, 2]`` of (own id, neighbour id) that agree in ``region`` (a bool mask)."""
     return margin_pairs(own, neighbour, region, rule)[0]
+
+
+def inblock_pairs(block_index: int, overlaps: np.ndarray, rule: OverlapRule) -> np.ndarray:
+    """Pairs of block ids of one block: a hand-over object and an older object its fill covered.
+
+    ``overlaps`` rows: (new id, other id, voxels covered, voxels of new, voxels of other), as
+    :class:`~neuroflood.infer.blockwise.Extension` records them.
+    """
+    rows = np.asarray(overlaps, np.int64).reshape(-1, 5)
+    keep = (rows[:, 2] >= rule.min_overlap_voxels) & (
+        rows[:, 2] >= rule.min_overlap_fraction * np.minimum(rows[:, 3], rows[:, 4])
+    ) & (rows[:, 1] > 0)
+    return np.stack([encode(block_index, rows[keep, 0]), encode(block_index, rows[keep, 1])], axis=1).reshape(-1, 2)
 
 
 def build_mapping(ids: np.ndarray, pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -142,7 +200,9 @@ def apply_mapping(block_ids: np.ndarray, ids: np.ndarray, new: np.ndarray, dtype
     return out
 
 
-def face_splits(reference: np.ndarray, stitched: np.ndarray, stride: tuple[int, ...]) -> dict[int, int]:
+def face_splits(
+    reference: np.ndarray, stitched: np.ndarray, stride: tuple[int, ...], *, seams_only: bool = False
+) -> dict[int, int]:
     """Objects of ``reference`` cut apart at block faces in ``stitched``.
 
     Both arrays cover the whole box; block cores start every ``stride`` voxels along each axis
@@ -150,6 +210,12 @@ def face_splits(reference: np.ndarray, stitched: np.ndarray, stride: tuple[int, 
     facing each other across it share a non-zero id in ``reference`` but carry two different
     non-zero ids in ``stitched``. Returns ``{reference id: number of such voxel pairs}``; an
     empty dict means no seams.
+
+    With ``seams_only``, a pair counts only if one of its two segments never crosses that
+    face (it has no voxel in the layer on the other side): then the face itself separates
+    them, as when reconciliation failed to join two blocks' pieces. Otherwise both segments
+    cross the face, and the boundary between them runs through the blocks (each block split
+    the object the same way) and merely meets the face.
     """
     if reference.shape != stitched.shape:
         raise ValueError(f"reference {reference.shape} and stitched {stitched.shape} differ in shape")
@@ -159,6 +225,8 @@ def face_splits(reference: np.ndarray, stitched: np.ndarray, stride: tuple[int, 
             a0, a1 = np.take(reference, face - 1, axis), np.take(reference, face, axis)
             s0, s1 = np.take(stitched, face - 1, axis), np.take(stitched, face, axis)
             cut = (a0 == a1) & (a0 != 0) & (s0 != s1) & (s0 != 0) & (s1 != 0)
+            if seams_only:
+                cut &= ~(np.isin(s0, s1) & np.isin(s1, s0))  # both segments on both sides: not the face's doing
             for obj, n in zip(*np.unique(a0[cut], return_counts=True)):
                 counts[int(obj)] = counts.get(int(obj), 0) + int(n)
     return counts
