@@ -114,6 +114,40 @@ def test_handover_objects_join_their_source_when_the_other_side_touches_it():
     assert inblock_pairs(2, overlaps, rule).tolist() == encode(2, np.array([[7, 3]])).tolist()
 
 
+def test_block_peaks_are_the_one_subvolume_peaks_inside_the_canvas():
+    """PolicyPeaks in a block: computed beyond the canvas, with the whole box's noise."""
+    from neuroflood.infer.blockwise import PEAKS_CONTEXT, FFNBlockSegmenter, _SeedView
+    from neuroflood.infer.config import InferenceRequest
+    from neuroflood.infer.movement import MovementRestrictor
+    from neuroflood.infer.seeds import PolicyPeaks, position_noise, subvolume_noise
+    from neuroflood.synthetic import make_em_volume
+
+    class Model:
+        config = ModelConfig(depth=1, features=4, fov_size=(9, 9, 9), deltas=(2, 2, 2))
+
+    image, _ = make_em_volume((40, 40, 200), seed=1)
+    job = BoundingBox.from_shape(image.shape)
+    block = BoundingBox((0, 0, 80), (40, 40, 40))
+    seg = FFNBlockSegmenter(Model(), InferenceRequest(), job_box=job)
+    assert seg.context == (4 + PEAKS_CONTEXT,) * 3
+    read = block.grow(seg.context).clip(image.shape)
+    assert read.size[2] < image.shape[2]  # the block does not see the whole volume
+    box, corner = seg._canvas(image[read.to_slices()], block.relative_to(read.start), read.start)
+    request = seg._peaks_beyond_canvas(image[read.to_slices()], read.start, box)
+    origins = request.seed_policy_args["origins"]
+    got = [origins[k] for k in sorted(origins, reverse=True)]  # the order the canvas tries them
+    norm = (image.astype(np.float32) - 128) / 33  # the model's default statistics
+    whole = [tuple(int(v) for v in p) for p in PolicyPeaks(_SeedView(norm, MovementRestrictor(), (1.0, 1.0, 1.0), (4, 4, 4)))]
+    canvas = BoundingBox(corner, box.size)
+    want = [p for p in whole if canvas.contains(BoundingBox(p, (1, 1, 1)))]
+    assert len(want) > 10 and got == want
+    # the noise: the whole box's RandomState(42) stream, drawn from the box's position on
+    sub = BoundingBox((3, 5, 7), (4, 6, 8))
+    assert np.array_equal(subvolume_noise((10, 12, 14), sub.start, sub.size), np.random.RandomState(42).rand(10, 12, 14)[sub.to_slices()] * 1e-4)
+    # ... and above the size limit, a hash of the position: the same in every crop
+    assert np.array_equal(position_noise((2, 3, 4), (5, 5, 5))[1:, 2:, 3:], position_noise((3, 5, 7), (4, 3, 2)))
+
+
 class GroundTruthSegmenter:
     """Connected components of the ground truth inside the block: a perfect segmenter."""
 

@@ -60,17 +60,17 @@ class OracleFFN(torch.nn.Module):
         return out
 
 
-def coded_image(seed: int = 3) -> tuple[np.ndarray, np.ndarray]:
+def coded_image(seed: int = 3, shape: tuple[int, int, int] = SHAPE) -> tuple[np.ndarray, np.ndarray]:
     """(image, labels): grey value = 1 + label % 250 inside objects, 0 on their boundaries."""
     from neuroflood.synthetic import _boundaries, make_em_volume
 
-    _, labels = make_em_volume(SHAPE, seed=seed)
+    _, labels = make_em_volume(shape, seed=seed)
     image = (1 + labels % 250).astype(np.uint8)
     image[_boundaries(labels)] = 0
     return image, labels
 
 
-def _worker(image_spec: str, out: str, handover_rounds: int = 2, request: dict | None = None) -> None:
+def _worker(image_spec: str, out: str, handover_rounds: int = 2, request: dict | None = None, block: tuple = BLOCK) -> None:
     """One of the 2 workers (run in its own process, joined through torch.distributed)."""
     from neuroflood.bbox import BoundingBox
     from neuroflood.distributed import cleanup, init_distributed
@@ -83,18 +83,21 @@ def _worker(image_spec: str, out: str, handover_rounds: int = 2, request: dict |
     model = OracleFFN()
     image = open_volume(image_spec)
     segment_blockwise(
-        out, image, BoundingBox.from_shape(image.shape), BLOCK, OVERLAP,
-        FFNBlockSegmenter(model, InferenceRequest.model_validate(request or REQUEST)), {"model": "oracle"}, info,
+        out, image, BoundingBox.from_shape(image.shape), block, OVERLAP,
+        FFNBlockSegmenter(model, InferenceRequest.model_validate(request or REQUEST), job_box=BoundingBox.from_shape(image.shape)),
+        {"model": "oracle"}, info,
         progress=False, handover_rounds=handover_rounds,
     )
     cleanup()
 
 
-def _run_two_workers(image_spec: str, out: str, handover_rounds: int = 2, request: dict | None = None) -> None:
+def _run_two_workers(
+    image_spec: str, out: str, handover_rounds: int = 2, request: dict | None = None, block: tuple = BLOCK
+) -> None:
     from neuroflood.distributed import free_port, local_rank_env
 
     port = free_port()
-    code = f"import sys; sys.path.insert(0, {str(HERE)!r}); import test_blockwise_seam as t; t._worker({image_spec!r}, {out!r}, {handover_rounds}, {request!r})"
+    code = f"import sys; sys.path.insert(0, {str(HERE)!r}); import test_blockwise_seam as t; t._worker({image_spec!r}, {out!r}, {handover_rounds}, {request!r}, {tuple(block)!r})"
     procs = [
         subprocess.Popen([sys.executable, "-c", code], env=local_rank_env(rank, 2, port), stderr=subprocess.PIPE, text=True)
         for rank in range(2)
@@ -103,27 +106,30 @@ def _run_two_workers(image_spec: str, out: str, handover_rounds: int = 2, reques
     assert [p.returncode for p in procs] == [0, 0], "\n".join(e[-2000:] for e in errors)
 
 
-def test_eight_blocks_on_two_workers_against_one_block(tmp_path):
+@pytest.mark.parametrize("seed_policy", ["PolicyGrid3d", "PolicyPeaks"])
+def test_eight_blocks_on_two_workers_against_one_block(tmp_path, seed_policy):
     """8 blocks, 2 workers: no false merges, no object cut at a face, near the one-block result.
 
     Issue #7's seam criterion: adapted Rand <= 0.02 against the one-block result, and no
     object that is whole in the one-block result split at a block face. Also: the stitched
     result merges no two ground-truth objects (the oracle never merges, so a merge could only
     come from reconciliation), every block ran once, ids are sequential. On this volume on
-    2026-11-26: adapted Rand 0.007, no face splits (docs/benchmarks.md, "Blockwise seams";
-    benchmarks/blockwise_seams.py measures 15 volumes). Every block's seed grid is anchored
-    at the job's first voxel, so the blocks propose the one-block run's seeds, and hand-over
-    rounds flood what the neighbours carry into a block.
+    2026-11-26: adapted Rand 0.007 with either seed policy, no face splits
+    (docs/benchmarks.md, "Blockwise seams"; benchmarks/blockwise_seams.py measures 15
+    volumes). The blocks propose the one-block run's seeds (grid seeds anchored at the job's
+    first voxel; PolicyPeaks' peaks computed beyond each canvas with the whole box's noise),
+    and hand-over rounds flood what the neighbours carry into a block.
     """
     from neuroflood.infer.segment import segment_subvolume
     from neuroflood.volume import open_volume, write_volume
 
+    request = {**REQUEST, "seed_policy": seed_policy}
     image, labels = coded_image()
     write_volume(f"{tmp_path}/coded.h5:image", image)
-    one = segment_subvolume(OracleFFN(), image, REQUEST).segmentation.astype(np.uint64)
+    one = segment_subvolume(OracleFFN(), image, request).segmentation.astype(np.uint64)
 
     out = f"{tmp_path}/seg.zarr/seg"
-    _run_two_workers(f"{tmp_path}/coded.h5:image", out)
+    _run_two_workers(f"{tmp_path}/coded.h5:image", out, request=request)
     stitched = open_volume(out)[...].astype(np.uint64)
     done = [json.loads(p.read_text()) for p in (tmp_path / "seg.zarr" / ".seg.work" / "blocks").glob("*.done")]
     assert sorted(d["block"] for d in done) == list(range(8)) and {d["rank"] for d in done} == {0, 1}
@@ -132,7 +138,8 @@ def test_eight_blocks_on_two_workers_against_one_block(tmp_path):
 
     vs_gt = segmentation_metrics(contingency_table(stitched, labels))
     assert vs_gt["vi_merge_segmented"] == 0.0  # reconciliation joined no two distinct objects
-    assert vs_gt["segmented_fraction"] > 0.6  # the blocks' pieces cover the volume (membranes are ~20%)
+    one_gt = segmentation_metrics(contingency_table(one, labels))
+    assert vs_gt["segmented_fraction"] > one_gt["segmented_fraction"] - 0.02 > 0.5  # the blocks cover what one block does
     vs_one = segmentation_metrics(contingency_table(stitched, one))
     splits = face_splits(one, stitched, STRIDE)
     assert splits == {}, f"objects cut at a block face: {splits}"
@@ -140,7 +147,7 @@ def test_eight_blocks_on_two_workers_against_one_block(tmp_path):
     print(
         f"stitched vs one block: adapted Rand {vs_one['adapted_rand_error']:.4f}, VI {vs_one['vi']:.4f}; "
         f"objects split at a block face: {len(splits)} {splits}; split VI vs ground truth: stitched "
-        f"{vs_gt['vi_split_segmented']:.3f}, one block {segmentation_metrics(contingency_table(one, labels))['vi_split_segmented']:.3f}"
+        f"{vs_gt['vi_split_segmented']:.3f}, one block {one_gt['vi_split_segmented']:.3f}"
     )
 
 

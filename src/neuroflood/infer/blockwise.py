@@ -307,7 +307,7 @@ def run_handover_round(
         folder.mkdir(parents=True, exist_ok=True)
     barrier()
     # seeds only where an FOV centred on them fits in the image (the Canvas refuses others)
-    c = segmenter.context
+    c = getattr(segmenter, "fov_context", segmenter.context)
     seed_box = BoundingBox.from_start_stop(c, [max(a, n - a) for a, n in zip(c, image.shape)])
     for block in grid:  # seeds: a static share each, cheap next to segmenting
         target = folder / f"{block.index}.seeds.npz"
@@ -571,29 +571,121 @@ class BlockFailures(NeurofloodError):
     """Some blocks raised; the job exits non-zero after the others finished."""
 
 
+@dataclass
+class _SeedView:
+    """What a seed policy reads of a Canvas, for an image that is not one (see seeds.py)."""
+
+    image: np.ndarray
+    restrictor: Any
+    voxel_size: tuple[float, ...]
+    margin: tuple[int, ...]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.image.shape
+
+    @property
+    def segmentation(self) -> np.ndarray:
+        return np.zeros(self.image.shape, np.int32)
+
+
+# How far beyond a block's canvas PolicyPeaks looks: the reach of its edge filter (a Gaussian
+# of sigma 49/6, truncated at 4 sigma), so that edges, distances and peaks inside the canvas
+# are those one subvolume over the whole box would compute (for cells narrower than this).
+PEAKS_CONTEXT = int(np.ceil(4 * 49 / 6))
+# Up to this many voxels in the job's box, blocks draw PolicyPeaks' tie-breaking noise from the
+# stream one subvolume over the box would use (at most ~10 s per block); above it, from a hash
+# of the position (the same in every block, but not the one-subvolume run's).
+SUBVOLUME_NOISE_VOXELS = 1 << 30
+
+
 class FFNBlockSegmenter:
     """Segments a block with the FFN Canvas (:func:`neuroflood.infer.segment.segment_subvolume`).
 
-    The image handed in includes ``context`` = half the FOV on every side (clipped at the
-    volume's edges), so that seeds and FOV centres can reach the block's faces exactly as in a
-    single-subvolume run; the result is cropped to the block.
+    The Canvas covers the block plus ``fov_context`` = half the FOV on every side (clipped at
+    the volume's edges), so that seeds and FOV centres can reach the block's faces exactly as
+    in a single-subvolume run; the result is cropped to the block. Seeds are those one
+    subvolume over the whole box would propose: grid policies are anchored at the job's first
+    voxel, and PolicyPeaks computes its peaks on the image ``PEAKS_CONTEXT`` voxels beyond the
+    canvas (so ``context``, the image asked for around the block, includes that much more),
+    within ``job_box``, with the tie-breaking noise of one subvolume over ``job_box`` (see
+    ``SUBVOLUME_NOISE_VOXELS``), and keeps those inside the canvas. Otherwise a cell cut by
+    the canvas has its largest distance to an edge on the canvas border, where no peak is
+    taken, and no block seeds it; and blocks that break ties differently may each leave a
+    cell's peak to the other.
     """
 
-    def __init__(self, model: Any, request: Any, grid_anchor: Sequence[int] = (0, 0, 0)):
+    def __init__(
+        self, model: Any, request: Any, grid_anchor: Sequence[int] | None = None, job_box: BoundingBox | None = None
+    ):
         self.model = model
         self.request = request
-        self.context = tuple(int(f) // 2 for f in model.config.fov_size)
+        self.job_box = job_box
+        if grid_anchor is None:
+            grid_anchor = job_box.start if job_box is not None else (0, 0, 0)
+        self.fov_context = tuple(int(f) // 2 for f in model.config.fov_size)
+        pad = PEAKS_CONTEXT if request.seed_policy == "PolicyPeaks" else 0
+        self.context = tuple(c + pad for c in self.fov_context)
         self.grid_anchor = tuple(int(v) for v in grid_anchor)  # global; the job's first voxel
+
+    def _canvas(self, image: np.ndarray, block: BoundingBox, corner: Sequence[int]) -> tuple[BoundingBox, tuple[int, ...]]:
+        """The canvas box within ``image`` (the block plus half an FOV) and its global corner."""
+        box = block.grow(self.fov_context).clip(image.shape)
+        return box, tuple(int(c + s) for c, s in zip(corner, box.start))
 
     def __call__(self, image: np.ndarray, block: BoundingBox, corner: tuple[int, int, int]) -> tuple[np.ndarray, dict]:
         from .segment import segment_subvolume
 
+        box, canvas_corner = self._canvas(image, block, corner)
+        request = self._peaks_beyond_canvas(image, corner, box) or self._anchored(canvas_corner)
         # the corner places masks (volumes, coordinate expressions) where this block is
-        result = segment_subvolume(self.model, image, self._anchored(corner), corner=corner)
-        seg = result.segmentation[block.to_slices()]
+        result = segment_subvolume(self.model, image[box.to_slices()], request, corner=canvas_corner)
+        seg = result.segmentation[block.relative_to(box.start).to_slices()]
         counters = {k: v for k, v in result.counters.items() if isinstance(v, (int, float))}
         counters["fov_evaluations"] = int(result.fov_evaluations)
         return seg, counters
+
+    def _peaks_beyond_canvas(self, image: np.ndarray, corner: Sequence[int], box: BoundingBox) -> Any:
+        """For PolicyPeaks: the request with the peaks of all of ``image`` that lie in the canvas
+        ``box`` as explicit seeds, in PolicyPeaks' order (None for other policies)."""
+        if self.request.seed_policy != "PolicyPeaks" or self.request.seed_policy_args:
+            return None
+        from .movement import MovementRestrictor
+        from .seeds import SeedPolicy, distance_peaks, position_noise, subvolume_noise
+        from .segment import build_mask, normalize_image
+
+        # what one subvolume over the job's box sees of the image around this block
+        seen = BoundingBox(tuple(corner), image.shape)
+        job = self.job_box or seen
+        seen = seen.intersection(job) or seen
+        sub = image[seen.relative_to(corner).to_slices()]
+        view = _SeedView(
+            image=normalize_image(self.model, sub, self.request),
+            restrictor=MovementRestrictor(
+                mask=build_mask(self.request.masks, sub, seen.start), seed_mask=build_mask(self.request.seed_masks, sub, seen.start),
+            ),
+            voxel_size=tuple(self.request.voxel_size),
+            margin=self.fov_context,
+        )
+        # every block breaks ties between equal distances as its neighbours do (so a cell's
+        # peak lies in one block's canvas, not in none), with the one-subvolume run's noise
+        # where that is affordable
+        if self.job_box is not None and self.job_box.volume <= SUBVOLUME_NOISE_VOXELS:
+            noise = subvolume_noise(job.size, seen.relative_to(job.start).start, seen.size)
+        else:
+            noise = position_noise(seen.start, seen.size)
+        found = distance_peaks(view, SeedPolicy(view).exclusion_mask(), noise)
+        peaks = np.zeros((0, 3), np.int64) if found is None else np.asarray(found, np.int64).reshape(-1, 3) + seen.start
+        # as the one-subvolume run's policy filters them: its FOVs stay inside its box
+        m = np.asarray(self.fov_context)
+        peaks = peaks[np.all((peaks - m >= job.start) & (peaks + m < np.asarray(job.stop)), axis=1)]
+        canvas = box.relative_to([-c for c in corner])  # global
+        peaks = peaks[np.all((peaks >= canvas.start) & (peaks < canvas.stop), axis=1)]
+        origins = {len(peaks) - k: tuple(int(v) for v in p) for k, p in enumerate(peaks)}  # by id, descending
+        canvas_corner = [int(c + s) for c, s in zip(corner, box.start)]
+        return self.request.model_copy(update={
+            "seed_policy": "PolicyInvertOrigins", "seed_policy_args": {"origins": origins, "corner": canvas_corner},
+        })
 
     def extend(
         self, image: np.ndarray, block: BoundingBox, corner: tuple[int, int, int], segmentation: np.ndarray, seeds: np.ndarray
@@ -607,6 +699,8 @@ class FFNBlockSegmenter:
         """
         from .segment import segment_subvolume
 
+        box, corner = self._canvas(image, block, corner)
+        image, block = image[box.to_slices()], block.relative_to(box.start)
         init = np.zeros(image.shape, np.int64)
         init[block.to_slices()] = segmentation
         n = len(seeds)  # PolicyInvertOrigins goes by id, descending: id n is the first seed
@@ -725,7 +819,7 @@ def run_cli(args: Any, request: Any) -> int:
             "request": json.loads(request.model_dump_json()),
         }
         result = segment_blockwise(
-            args.out, image, bbox, block, overlap, FFNBlockSegmenter(model, request, bbox.start), job_request, info,
+            args.out, image, bbox, block, overlap, FFNBlockSegmenter(model, request, job_box=bbox), job_request, info,
             OverlapRule(args.min_overlap_voxels, args.min_overlap_fraction, not args.one_sided_joins), progress=not args.no_progress,
             handover_rounds=args.handover_rounds,
         )

@@ -128,23 +128,65 @@ class PolicyPeaks(SeedPolicy):
     _sem = threading.Semaphore(4)  # bounds memory when many canvases start together
 
     def init_coords(self) -> np.ndarray | None:
-        filt_edges = _edges(self.canvas.image)
-        mask = self.exclusion_mask()
-        r = self.canvas.restrictor
-        # Masked areas count as edges so that they do not distort the distances elsewhere.
-        if r is not None:
-            if r.mask is not None:
-                filt_edges[r.mask] = 1
-            if r.seed_mask is not None:
-                filt_edges[r.seed_mask] = 1
-        if np.all(filt_edges):
-            return None
-        with PolicyPeaks._sem:
-            dt = edt.edt(1 - filt_edges, anisotropy=tuple(self.canvas.voxel_size)).astype(np.float32)
-            dt[mask] = -1
-            dt[~np.isfinite(dt)] = -1
-            idxs = find_peaks(dt, min_distance=3, threshold_abs=0, threshold_rel=0)
-        return _sorted_rows(idxs)
+        return distance_peaks(self.canvas, self.exclusion_mask())
+
+
+def distance_peaks(canvas: Any, exclusion: np.ndarray, noise: np.ndarray | None = None) -> np.ndarray | None:
+    """PolicyPeaks' seeds for ``canvas`` (anything with ``image``, ``restrictor``, ``voxel_size``).
+
+    ``noise``: what breaks ties between equal distances, in [0, 1e-4); default that of
+    :func:`find_peaks` (google/ffn's RandomState(42) over the array).
+    """
+    filt_edges = _edges(canvas.image)
+    r = canvas.restrictor
+    # Masked areas count as edges so that they do not distort the distances elsewhere.
+    if r is not None:
+        if r.mask is not None:
+            filt_edges[r.mask] = 1
+        if r.seed_mask is not None:
+            filt_edges[r.seed_mask] = 1
+    if np.all(filt_edges):
+        return None
+    with PolicyPeaks._sem:
+        dt = edt.edt(1 - filt_edges, anisotropy=tuple(canvas.voxel_size)).astype(np.float32)
+        dt[exclusion] = -1
+        dt[~np.isfinite(dt)] = -1
+        kwargs = {"min_distance": 3, "threshold_abs": 0, "threshold_rel": 0}
+        idxs = find_peaks(dt, **kwargs) if noise is None else skimage.feature.peak_local_max(dt + noise, **kwargs)
+    return _sorted_rows(idxs)
+
+
+def subvolume_noise(subvolume_shape: Sequence[int], start: Sequence[int], shape: Sequence[int]) -> np.ndarray:
+    """The part ``start``, ``shape`` of :func:`find_peaks`' noise for a whole subvolume.
+
+    That noise is RandomState(42) over the subvolume in C order, so this draws the stream up
+    to the box's last plane: time grows with the box's position (about 10 s per 10^9 voxels).
+    """
+    _, ny, nx = (int(v) for v in subvolume_shape)
+    rng = np.random.RandomState(seed=42)
+    skip = int(start[0]) * ny * nx
+    while skip:  # draws before the box's first plane
+        n = min(skip, 1 << 24)
+        rng.rand(n)
+        skip -= n
+    planes = [rng.rand(ny, nx)[start[1]:start[1] + shape[1], start[2]:start[2] + shape[2]] for _ in range(int(shape[0]))]
+    return np.stack(planes) * 1e-4
+
+
+def position_noise(start: Sequence[int], shape: Sequence[int]) -> np.ndarray:
+    """Tie-breaking noise in [0, 1e-4) that depends only on each voxel's global position.
+
+    Two crops of one volume see the same noise where they overlap, so their distance peaks
+    agree there (blockwise seeds; :func:`find_peaks`' noise depends on the array's shape). A
+    splitmix64 hash of ``z << 42 | y << 21 | x``.
+    """
+    z, y, x = (np.arange(a, a + n, dtype=np.uint64) for a, n in zip(start, shape))
+    key = (z[:, None, None] << np.uint64(42)) | (y[None, :, None] << np.uint64(21)) | x[None, None, :]
+    h = key + np.uint64(0x9E3779B97F4A7C15)
+    h = (h ^ (h >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    h = (h ^ (h >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    h ^= h >> np.uint64(31)
+    return (h >> np.uint64(11)).astype(np.float64) * 2.0**-53 * 1e-4
 
 
 class PolicyPeaks2d(SeedPolicy):
