@@ -105,9 +105,12 @@ def main() -> None:
         "overlap": args.overlap,
         "blocks": len(grid),
         "single": {"seconds": round(t_single, 1), **{k: s_single[k] for k in ("fov_evaluations", "segments", "unsegmented_fraction")}},
-        "blockwise": {"seconds": round(t_blocks, 1), **{k: s_blocks[k] for k in ("fov_evaluations", "segments", "unsegmented_fraction", "joins")}},
+        "blockwise": {"seconds": round(t_blocks, 1), **{k: s_blocks[k] for k in (
+            "fov_evaluations", "segments", "unsegmented_fraction", "joins", "handover_rounds", "handover_seeds", "handover_segments",
+        )}},
         "blockwise_vs_single": {k: vs_single[k] for k in pick},
         "objects_split_at_faces": len(face_splits(single, blocks, grid.stride)),
+        "objects_split_by_the_face_itself": len(face_splits(single, blocks, grid.stride, seams_only=True)),
         "single_vs_ground_truth": {k: v for k, v in segmentation_metrics(contingency_table(single, gt)).items() if k in pick},
         "blockwise_vs_ground_truth": {k: v for k, v in segmentation_metrics(contingency_table(blocks, gt)).items() if k in pick},
         "join_audit": joins,
