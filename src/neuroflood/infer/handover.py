@@ -11,13 +11,15 @@ measurements: most of the difference between the two).
 So after every block ran, each block B looks at its neighbours' segmentations where their
 boxes reach into B's core. A piece of a neighbour's object lying there on voxels that B left
 unsegmented (a 6-connected piece of at least ``min_voxels`` voxels) hands B a seed: the
-piece's voxel farthest from the piece's edge. B then continues its own canvas from its saved
+piece's voxel deepest inside the neighbour's object and farthest from B's own objects (the
+Canvas refuses seeds next to a segment). B then continues its own canvas from its saved
 segmentation (its objects stay as they are, obstacles to the new fills) and floods from
 those seeds with its own network. Objects flooded this way can reach into a further
 neighbour's core; up to ``rounds`` rounds are run, until no block is handed a seed.
 
-Seeds are only a proposal: B's network decides what to flood, and the overlap rule
-(:mod:`neuroflood.infer.reconcile`) decides what to join, as for any other object.
+Seeds are only a proposal: B's network decides what to flood, and reconciliation
+(:mod:`neuroflood.infer.reconcile`: the overlap rule, and the joins of hand-over objects to
+the object their seed lay in) decides what to join.
 """
 
 from __future__ import annotations
