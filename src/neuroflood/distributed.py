@@ -129,6 +129,20 @@ def any_rank(flags: Sequence[bool]) -> list[bool]:
     return [bool(v) for v in t.tolist()]
 
 
+def sum_over_ranks(values: Sequence[int]) -> list[int]:
+    """Each value summed over all ranks (one small all-reduce; every rank must call it).
+
+    The tensor lives where the backend wants it (a GPU for NCCL). Without a process group the
+    values come back unchanged.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return [int(v) for v in values]
+    device = f"cuda:{torch.cuda.current_device()}" if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor([int(v) for v in values], dtype=torch.int64, device=device)
+    dist.all_reduce(t)
+    return [int(v) for v in t.tolist()]
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that is free now (for a local rendezvous)."""
     with socket.socket() as s:

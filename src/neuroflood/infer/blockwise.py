@@ -44,7 +44,7 @@ from typing import Any, Callable, Protocol, Sequence
 import numpy as np
 
 from ..bbox import BoundingBox
-from ..distributed import DistInfo, barrier
+from ..distributed import DistInfo, barrier, sum_over_ranks
 from ..errors import ConfigError, DataError, NeurofloodError, VolumeError
 from ..volume import Volume, _split_container, create_volume, open_volume
 from .blocks import Block, BlockGrid
@@ -524,13 +524,10 @@ def segment_blockwise(
     result = run_blocks(paths, grid, image, segmenter, info, progress)
     barrier()
     if info.distributed:  # counts for the whole job, not just this worker
-        import torch
-        import torch.distributed as dist
-
-        counts = torch.tensor([len(result.blocks_run), result.blocks_skipped, result.fov_evaluations], dtype=torch.int64)
-        dist.all_reduce(counts)
-        result.blocks_skipped, result.fov_evaluations = int(counts[1]), int(counts[2])
-        result.blocks_run_total = int(counts[0])
+        run, result.blocks_skipped, result.fov_evaluations = sum_over_ranks(
+            [len(result.blocks_run), result.blocks_skipped, result.fov_evaluations]
+        )
+        result.blocks_run_total = run
     failures = gather_failures(paths, grid)
     if failures:
         result.failed = failures
@@ -544,7 +541,7 @@ def segment_blockwise(
         if not seeds:
             break
         result.handover_seeds.append(seeds)
-        result.fov_evaluations += _all_sum(info, handed.fov_evaluations)
+        result.fov_evaluations += sum_over_ranks([handed.fov_evaluations])[0]
     if info.is_main:
         result.segments, result.joins = reconcile(paths, grid, rule)
     barrier()
@@ -553,18 +550,6 @@ def segment_blockwise(
         result.segments = int(np.load(paths.work / "mapping.npz")["global_ids"].max(initial=0))
     result.seconds = time.time() - t0
     return result
-
-
-def _all_sum(info: DistInfo, value: int) -> int:
-    """``value`` summed over all workers."""
-    if not info.distributed:
-        return value
-    import torch
-    import torch.distributed as dist
-
-    t = torch.tensor([value], dtype=torch.int64)
-    dist.all_reduce(t)
-    return int(t[0])
 
 
 class BlockFailures(NeurofloodError):
