@@ -48,7 +48,7 @@ from ..distributed import DistInfo, barrier, sum_over_ranks
 from ..errors import ConfigError, DataError, NeurofloodError, VolumeError
 from ..volume import Volume, _split_container, create_volume, open_volume
 from .blocks import Block, BlockGrid
-from .handover import MIN_HANDOVER_VOXELS, handover_seeds, merge_extension
+from .handover import MIN_HANDOVER_VOXELS, extension_ids, handover_seeds
 from .reconcile import (
     OverlapRule, apply_mapping, build_mapping, confirmed_pairs, encode, handover_pairs, inblock_pairs, margin_pairs,
 )
@@ -216,18 +216,7 @@ def run_blocks(
             result.fov_evaluations += int(counters.get("fov_evaluations", 0))
             result.blocks_run.append(i)
         except Exception as e:  # one bad block must not stop the others; report it at the end
-            if isinstance(e, KeyboardInterrupt):
-                raise
-            record = {
-                "block": i,
-                "box": str(block.box),
-                "error": f"{type(e).__name__}: {e}",
-                "traceback": traceback.format_exc(),
-                "rank": info.rank,
-            }
-            _atomic_write_text(paths.failed(i), json.dumps(record, indent=2))
-            print(f"neuroflood: block {i} at {block.box} failed: {record['error']}", file=sys.stderr)
-            result.failed.append(record)
+            result.failed.append(_record_failure(paths.failed(i), block, e, info, f"block {i}"))
         _tick(bar, grid, paths)
     result.seconds = time.time() - t0
     if bar is not None:
@@ -247,6 +236,25 @@ def _segment_block(paths, grid: BlockGrid, block: Block, image: Volume, segmente
     _save_block(paths.block_seg(block.index), grid, block, seg, cores)
     _atomic_write_text(paths.done(block.index), _done_record(block, seg, time.time() - t, counters, info))
     return counters
+
+
+def _record_failure(path: Path, block: Block, error: Exception, info: DistInfo, what: str, **extra: Any) -> dict:
+    """Write ``path`` (the block's ``.failed`` JSON), say so on stderr, return the record."""
+    record = {
+        "block": block.index,
+        "box": str(block.box),
+        "error": f"{type(error).__name__}: {error}",
+        "traceback": traceback.format_exc(),
+        "rank": info.rank,
+        **extra,
+    }
+    _atomic_write_text(path, json.dumps(record, indent=2))
+    print(f"neuroflood: {what} at {block.box} failed: {record['error']}", file=sys.stderr)
+    return record
+
+
+def _failure_lines(failures: list[dict]) -> str:
+    return "; ".join(f"block {f['block']} at {f['box']}: {f['error']}" for f in failures[:5])
 
 
 def _save_block(path: Path, grid: BlockGrid, block: Block, seg: np.ndarray, cores: Volume) -> None:
@@ -358,22 +366,18 @@ def run_handover_round(
                 result.fov_evaluations += int(counters.get("fov_evaluations", 0))
                 result.blocks_run.append(block.index)
             except Exception as e:
-                record = {"block": block.index, "box": str(block.box), "round": round_, "error": f"{type(e).__name__}: {e}",
-                          "traceback": traceback.format_exc(), "rank": info.rank}
-                _atomic_write_text(failed, json.dumps(record, indent=2))
-                print(f"neuroflood: hand-over round {round_}, block {block.index} at {block.box} failed: {record['error']}", file=sys.stderr)
-                result.failed.append(record)
+                what = f"hand-over round {round_}, block {block.index}"
+                result.failed.append(_record_failure(failed, block, e, info, what, round=round_))
         if bar is not None:
             bar.n = sum(1 for _ in folder.glob("*.done"))
             bar.refresh()
     if bar is not None:
         bar.close()
     barrier()
-    failures = [json.loads((folder / f"{i}.failed").read_text()) for i in handed if not (folder / f"{i}.done").exists()
-                and (folder / f"{i}.failed").exists()]
     missing = [i for i in handed if not (folder / f"{i}.done").exists()]
     if missing:
-        lines = "; ".join(f"block {f['block']} at {f['box']}: {f['error']}" for f in failures[:5]) or f"blocks {missing[:5]} did not finish"
+        failures = [json.loads(p.read_text()) for i in missing if (p := folder / f"{i}.failed").exists()]
+        lines = _failure_lines(failures) or f"blocks {missing[:5]} did not finish"
         raise BlockFailures(
             f"hand-over round {round_}: {len(missing)} of {len(handed)} blocks failed ({lines}); fix the cause and "
             "rerun the same command: finished blocks are kept"
@@ -531,7 +535,7 @@ def segment_blockwise(
     failures = gather_failures(paths, grid)
     if failures:
         result.failed = failures
-        lines = "; ".join(f"block {f['block']} at {f['box']}: {f['error']}" for f in failures[:5])
+        lines = _failure_lines(failures)
         raise BlockFailures(
             f"{len(failures)} of {len(grid)} blocks failed ({lines}); fix the cause and rerun the "
             "same command: finished blocks are kept"
@@ -625,10 +629,7 @@ class FFNBlockSegmenter:
         request = self._peaks_beyond_canvas(image, corner, box) or self._anchored(canvas_corner)
         # the corner places masks (volumes, coordinate expressions) where this block is
         result = segment_subvolume(self.model, image[box.to_slices()], request, corner=canvas_corner)
-        seg = result.segmentation[block.relative_to(box.start).to_slices()]
-        counters = {k: v for k, v in result.counters.items() if isinstance(v, (int, float))}
-        counters["fov_evaluations"] = int(result.fov_evaluations)
-        return seg, counters
+        return result.segmentation[block.relative_to(box.start).to_slices()], _counters(result)
 
     def _peaks_beyond_canvas(self, image: np.ndarray, corner: Sequence[int], box: BoundingBox) -> Any:
         """For PolicyPeaks: the request with the peaks of all of ``image`` that lie in the canvas
@@ -666,11 +667,7 @@ class FFNBlockSegmenter:
         peaks = peaks[np.all((peaks - m >= job.start) & (peaks + m < np.asarray(job.stop)), axis=1)]
         canvas = box.relative_to([-c for c in corner])  # global
         peaks = peaks[np.all((peaks >= canvas.start) & (peaks < canvas.stop), axis=1)]
-        origins = {len(peaks) - k: tuple(int(v) for v in p) for k, p in enumerate(peaks)}  # by id, descending
-        canvas_corner = [int(c + s) for c, s in zip(corner, box.start)]
-        return self.request.model_copy(update={
-            "seed_policy": "PolicyInvertOrigins", "seed_policy_args": {"origins": origins, "corner": canvas_corner},
-        })
+        return _with_seeds(self.request, peaks, [int(c + s) for c, s in zip(corner, box.start)])
 
     def extend(
         self, image: np.ndarray, block: BoundingBox, corner: tuple[int, int, int], segmentation: np.ndarray, seeds: np.ndarray
@@ -688,24 +685,19 @@ class FFNBlockSegmenter:
         image, block = image[box.to_slices()], block.relative_to(box.start)
         init = np.zeros(image.shape, np.int64)
         init[block.to_slices()] = segmentation
-        n = len(seeds)  # PolicyInvertOrigins goes by id, descending: id n is the first seed
-        origins = {n - k: tuple(int(v) for v in seed) for k, seed in enumerate(seeds)}
-        request = self.request.model_copy(update={
-            "seed_policy": "PolicyInvertOrigins", "seed_policy_args": {"origins": origins, "corner": list(corner)},
-        })
+        request = _with_seeds(self.request, seeds, list(corner))
         result = segment_subvolume(self.model, image, request, corner=corner, init_segmentation=init)
-        full = merge_extension(init, result.segmentation.astype(np.int64), result.local_to_global)
-        seg = full[block.to_slices()]
-        # only new objects have origins; merge_extension numbers canvas id i as top + i - n_old
-        top, n_old = int(init.max(initial=0)), len(result.local_to_global)
+        canvas_ids = result.segmentation.astype(np.int64)
+        lut = extension_ids(init, canvas_ids, result.local_to_global)  # canvas id -> block id
+        seg = lut[canvas_ids[block.to_slices()]]
         seed_index = {tuple(int(v) for v in p): k for k, p in enumerate(np.asarray(seeds) - np.asarray(corner))}
         ids, sizes = np.unique(seg, return_counts=True)
         size = dict(zip(ids.tolist(), sizes.tolist()))
 
         def block_id(canvas_id: int) -> int:
-            return result.local_to_global[canvas_id] if canvas_id <= n_old else top + canvas_id - n_old
+            return int(lut[canvas_id])
 
-        started = {
+        started = {  # only new objects have origins
             block_id(int(sid)): seed_index[tuple(origin.start_zyx)]
             for sid, origin in result.origins.items()
             if block_id(int(sid)) in size
@@ -717,9 +709,7 @@ class FFNBlockSegmenter:
             for other, count in zip(others, counts)
             if block_id(other) in size
         ]
-        counters = {k: v for k, v in result.counters.items() if isinstance(v, (int, float))}
-        counters["fov_evaluations"] = int(result.fov_evaluations)
-        return Extension(seg, counters, started, overlaps)
+        return Extension(seg, _counters(result), started, overlaps)
 
     def _anchored(self, corner: Sequence[int]) -> Any:
         """The request, with grid seeds anchored at the job's first voxel instead of the block's.
@@ -732,6 +722,25 @@ class FFNBlockSegmenter:
             return request
         origin = [a - c for a, c in zip(self.grid_anchor, corner)]
         return request.model_copy(update={"seed_policy_args": {**request.seed_policy_args, "origin": origin}})
+
+
+def _with_seeds(request: Any, seeds: np.ndarray, canvas_corner: Sequence[int]) -> Any:
+    """``request`` seeding exactly at ``seeds`` (global z, y, x), in their order.
+
+    PolicyInvertOrigins tries origins by id, descending: id n is the first seed.
+    """
+    n = len(seeds)
+    origins = {n - k: tuple(int(v) for v in seed) for k, seed in enumerate(seeds)}
+    return request.model_copy(update={
+        "seed_policy": "PolicyInvertOrigins", "seed_policy_args": {"origins": origins, "corner": list(canvas_corner)},
+    })
+
+
+def _counters(result: Any) -> dict:
+    """A SegmentationResult's numeric counters, with its FOV evaluations."""
+    counters = {k: v for k, v in result.counters.items() if isinstance(v, (int, float))}
+    counters["fov_evaluations"] = int(result.fov_evaluations)
+    return counters
 
 
 # ----------------------------------------------------------------------------------------

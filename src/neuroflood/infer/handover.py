@@ -62,8 +62,7 @@ def handover_seeds(
     ``load_segmentation(i)`` returns block ``i``'s segmentation of its whole box. A seed is
     the voxel of a handed-over piece that lies deepest inside the neighbour's object and
     farthest from the block's own objects (over all the two blocks share), among those
-    inside ``seed_box`` (where an FOV centred there
-    fits in the image; default: anywhere). Seeds are ordered by piece size, largest first
+    inside ``seed_box`` (where an FOV centred there fits in the image; default: anywhere). Seeds are ordered by piece size, largest first
     (ties by position), so a run is reproducible.
     """
     own = load_segmentation(block.index)
@@ -76,12 +75,13 @@ def handover_seeds(
         free = np.zeros(theirs.shape, bool)
         free[other.box.intersection(block.core).relative_to(shared.start).to_slices()] = True
         free &= empty
-        allowed = free.copy()
+        allowed = free
         if seed_box is not None:
-            allowed[:] = False
+            in_box = np.zeros(free.shape, bool)
             inside = seed_box.intersection(shared)
             if inside is not None:
-                allowed[inside.relative_to(shared.start).to_slices()] = free[inside.relative_to(shared.start).to_slices()]
+                in_box[inside.relative_to(shared.start).to_slices()] = True
+            allowed = free & in_box
         for obj in np.unique(theirs[allowed & (theirs > 0)]):
             mask = theirs == obj
             pieces, n = ndimage.label(free & mask)
@@ -106,11 +106,11 @@ def handover_seeds(
     )
 
 
-def merge_extension(old: np.ndarray, extended: np.ndarray, local_to_global: dict[int, int]) -> np.ndarray:
-    """Block ids after a hand-over run: ``old``'s ids kept, new objects numbered after them.
+def extension_ids(old: np.ndarray, extended: np.ndarray, local_to_global: dict[int, int]) -> np.ndarray:
+    """The block id of each canvas id of a hand-over run (index: canvas id; 0 stays 0).
 
-    ``extended`` holds the canvas ids of the continued run (the old objects as
-    ``local_to_global`` maps them, new objects above them).
+    ``extended`` holds the canvas ids of the continued run: the old objects as
+    ``local_to_global`` maps them, new objects above them, numbered after ``old``'s largest id.
     """
     n_old = len(local_to_global)
     top = int(old.max(initial=0))
@@ -119,10 +119,16 @@ def merge_extension(old: np.ndarray, extended: np.ndarray, local_to_global: dict
         lut[local] = glob
     new_ids = np.arange(n_old + 1, len(lut))
     lut[new_ids] = top + new_ids - n_old
-    out = lut[extended]
-    if not np.array_equal(out[old > 0], old[old > 0]):
+    kept = old > 0
+    if not np.array_equal(lut[extended[kept]], old[kept]):
         raise AssertionError("a hand-over run changed the block's existing objects")  # Canvas keeps them: a bug
-    return out
+    return lut
 
 
-__all__ = ["MIN_HANDOVER_VOXELS", "handover_seeds", "merge_extension", "neighbours"]
+def merge_extension(old: np.ndarray, extended: np.ndarray, local_to_global: dict[int, int]) -> np.ndarray:
+    """Block ids after a hand-over run: ``old``'s ids kept, new objects numbered after them
+    (:func:`extension_ids`)."""
+    return extension_ids(old, extended, local_to_global)[extended]
+
+
+__all__ = ["MIN_HANDOVER_VOXELS", "extension_ids", "handover_seeds", "merge_extension", "neighbours"]
