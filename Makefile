@@ -24,8 +24,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 demo: $(STAMP)
-	rm -rf demo_out
-	$(BIN)/neuroflood demo --out demo_out --seed $(SEED)
+	$(BIN)/neuroflood demo --out demo_out --seed $(SEED) --overwrite
 
 clean:
 	rm -rf $(VENV) demo_out

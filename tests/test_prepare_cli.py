@@ -92,8 +92,15 @@ def test_overwrite_and_refusal(tmp_path, capsys):
     cmd = ["prepare", "--labels", f"{tmp_path}/v.h5:labels", "--out", str(out), *ARGS]
     assert main(cmd) == 2
     assert "exists" in capsys.readouterr().err and (out / "old.txt").exists()
-    assert main([*cmd, "--overwrite"]) == 0
-    assert not (out / "old.txt").exists() and (out / "coordinates.nfc").exists()
+    # A directory that prepare did not write is never replaced, not even with --overwrite.
+    assert main([*cmd, "--overwrite"]) == 2
+    assert "not written by neuroflood prepare" in capsys.readouterr().err and (out / "old.txt").exists()
+    (out / "old.txt").unlink()
+    out.rmdir()
+    assert main(cmd) == 0
+    first = (out / "coordinates.nfc").stat().st_ino
+    assert main([*cmd, "--overwrite"]) == 0  # an earlier prepare output is replaced whole
+    assert (out / "coordinates.nfc").stat().st_ino != first
     assert leftovers(tmp_path, {"v.h5", "out"}) == []
 
 

@@ -65,8 +65,23 @@ def add_command(sub: argparse._SubParsersAction, name: str, help: str, descripti
     return sub.add_parser(name, help=help, description=description or help, formatter_class=_Formatter)
 
 
+# The signal that asked this process to stop, once one did. A handler's exception can be
+# swallowed when the signal lands inside a weakref callback or ``__del__`` (Python prints
+# "Exception ignored ..." and goes on); long loops call :func:`raise_if_terminated`, and
+# :func:`main` exits 143 at the end, so that such a SIGTERM is never lost.
+_terminated: int | None = None
+
+
 def _exit_on_sigterm(signum: int, frame: object) -> None:
+    global _terminated
+    _terminated = signum
     raise SystemExit(128 + signum)
+
+
+def raise_if_terminated() -> None:
+    """Raise ``SystemExit(143)`` if SIGTERM arrived and its exception was swallowed."""
+    if _terminated is not None:
+        raise SystemExit(128 + _terminated)
 
 
 @contextmanager
@@ -88,6 +103,8 @@ def sigterm_unwinds() -> Iterator[None]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    global _terminated
+    _terminated = None
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
@@ -103,7 +120,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("neuroflood: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:
+        # The last line of defence: the file system refused (permissions, a full disk, a
+        # file where a directory should be). Commands check their paths first; this keeps an
+        # unforeseen case to one line too. NEUROFLOOD_DEBUG=1 shows the traceback.
+        if os.environ.get("NEUROFLOOD_DEBUG") or e.errno is None:
+            raise
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"neuroflood: error: {e.strerror or e}{where}; {_os_error_hint(e)}", file=sys.stderr)
+        return 2
+    if _terminated is not None:  # a SIGTERM whose exception was swallowed on the way
+        print("neuroflood: terminated", file=sys.stderr)
+        return 128 + _terminated
     return int(result or 0)
+
+
+def _os_error_hint(e: OSError) -> str:
+    import errno
+
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "the disk is full: free space or write elsewhere, then run again"
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "choose a location you can write to (or read, for inputs)"
+    if e.errno == errno.ENOTDIR:
+        return "a file stands where a directory is needed; check the path"
+    if e.errno == errno.EISDIR:
+        return "a directory stands where a file is needed; check the path"
+    return "check the path and try again"
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import time
 
+from .errors import ConfigError
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     from .cli import add_command
@@ -18,7 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--shape", default="128,128,128", help="volume size z,y,x")
     p.add_argument("--seed", type=int, default=0, help="random seed")
-    p.add_argument("--out", required=True, help="output HDF5 file (datasets image, labels)")
+    p.add_argument("--out", required=True, help="output HDF5 file (datasets image, labels); must not exist")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if an earlier `neuroflood synth` wrote it")
     p.add_argument("--density", type=float, default=None, help="processes per 32^2 voxels of cross-section")
     p.add_argument("--noise", type=float, default=None, help="Gaussian noise std, grey levels")
     p.add_argument("--membrane-contrast", type=float, default=None, help="0 invisible .. 1 FIB-25-like")
@@ -29,21 +32,38 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _synth(args: argparse.Namespace) -> int:
     from .config import parse_ints
-    from .synthetic import make_em_volume
-    from .volume import write_volume
+    from .outputs import exclusive
+    from .synthetic import make_em_volume, write_synthetic
 
+    if not args.out.lower().endswith((".h5", ".hdf5", ".hdf")):
+        raise ConfigError(f"--out {args.out!r} must be an HDF5 file name ending in .h5")
     shape = parse_ints(args.shape, 3, "--shape")
     overrides = {
         k: v
         for k, v in (("density", args.density), ("noise", args.noise), ("membrane_contrast", args.membrane_contrast))
         if v is not None
     }
-    t0 = time.time()
-    image, labels = make_em_volume(shape, seed=args.seed, **overrides)
-    write_volume(f"{args.out}:image", image, overwrite=True)
-    write_volume(f"{args.out}:labels", labels, overwrite=True)
+    with exclusive(args.out, f"--out {args.out}"):
+        check_synth_output(args.out, args.overwrite)
+        t0 = time.time()
+        image, labels = make_em_volume(shape, seed=args.seed, **overrides)
+        write_synthetic(args.out, image, labels)
     print(f"wrote {args.out}: image {image.shape} uint8, {int(labels.max())} objects, {time.time() - t0:.1f} s")
     return 0
+
+
+def check_synth_output(out: str, overwrite: bool) -> None:
+    """Refuse an existing ``out`` unless ``overwrite`` and an earlier synth wrote it."""
+    import os
+
+    from .synthetic import made_by_synth
+
+    if not os.path.lexists(out):
+        return
+    if not overwrite:
+        raise ConfigError(f"{out} exists; choose another --out or pass --overwrite to replace an earlier synth output")
+    if not made_by_synth(out):
+        raise ConfigError(f"{out} was not written by neuroflood synth, so --overwrite will not replace it; choose another --out")
 
 
 def register_export(sub: argparse._SubParsersAction) -> None:
@@ -66,9 +86,12 @@ def register_export(sub: argparse._SubParsersAction) -> None:
 
 def _export(args: argparse.Namespace) -> int:
     from .config import parse_ints
+    from .outputs import container_path, exclusive
     from .volume import copy_volume
 
-    out = copy_volume(args.src, args.dst, parse_ints(args.block, 3, "--block"), overwrite=args.overwrite)
+    block = parse_ints(args.block, 3, "--block")
+    with exclusive(container_path(args.dst), f"the destination {args.dst}"):
+        out = copy_volume(args.src, args.dst, block, overwrite=args.overwrite)
     print(f"wrote {args.dst}: shape {out.shape}, {out.dtype}")
     return 0
 
@@ -87,6 +110,7 @@ def register_demo(sub: argparse._SubParsersAction) -> None:
         "a crop of the FIB-25 sample with the published google/ffn model and evaluate it instead.",
     )
     p.add_argument("--out", default="demo_out", help="output directory (must be empty or absent)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if an earlier `neuroflood demo` wrote it")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic volumes and of training")
     p.add_argument("--size", choices=["full", "tiny"], default="full", help="tiny: a seconds-long smoke run")
     p.add_argument("--workers", type=int, default=2, help="training processes (synchronous data parallel)")
@@ -99,8 +123,8 @@ def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo, run_fib25_demo, summary_text
 
     if args.fib25:
-        metrics = run_fib25_demo(args.out, args.fib25, args.bbox)
+        metrics = run_fib25_demo(args.out, args.fib25, args.bbox, overwrite=args.overwrite)
     else:
-        metrics = run_demo(args.out, args.size, args.seed, args.workers)
+        metrics = run_demo(args.out, args.size, args.seed, args.workers, overwrite=args.overwrite)
     print(summary_text(metrics, args.out))
     return 0

@@ -22,9 +22,10 @@ import shlex
 import shutil
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from .errors import ConfigError
 
@@ -81,16 +82,51 @@ def _run(stage: str, argv: list[str], log: Callable[[str], None]) -> float:
     return time.time() - t0
 
 
-def run_demo(out: str | os.PathLike, size: str = "full", seed: int = 0, workers: int = 2, log: Callable[[str], None] | None = None) -> dict:
+@contextmanager
+def demo_directory(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Claim the demo's output directory while inside; a failed demo leaves nothing there.
+
+    ``out`` must be absent or empty, or — with ``overwrite`` — an earlier demo's output
+    (marked so). On any failure or interruption, what the demo made is removed, so that the
+    same command can simply be run again.
+    """
+    from .outputs import exclusive, made_by, write_marker
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; give a directory (absent or empty)")
+    with exclusive(out, f"--out {out}"):
+        if out.exists() and any(out.iterdir()):
+            if not overwrite:
+                raise ConfigError(f"{out} exists and is not empty; choose another --out, or pass --overwrite to replace an earlier demo")
+            if made_by(out) != "demo":
+                raise ConfigError(f"{out} was not written by neuroflood demo, so --overwrite will not replace it; choose another --out")
+            shutil.rmtree(out)
+        created = not out.exists()
+        out.mkdir(parents=True, exist_ok=True)
+        try:
+            write_marker(out, "demo")
+            yield out
+        except BaseException:
+            if created:
+                shutil.rmtree(out, ignore_errors=True)
+            else:  # it was empty: everything in it is the demo's
+                for child in out.iterdir():
+                    shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
+            raise
+
+
+def run_demo(out: str | os.PathLike, size: str = "full", seed: int = 0, workers: int = 2, log: Callable[[str], None] | None = None, overwrite: bool = False) -> dict:
     """Run the synthetic demo into ``out``; return the metrics (with ``seconds`` per stage)."""
-    log = log or (lambda s: print(s, file=sys.stderr, flush=True))
     if size not in SIZES:
         raise ConfigError(f"unknown demo size {size!r}; use one of {', '.join(SIZES)}")
-    s = SIZES[size]
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise ConfigError(f"{out} exists and is not empty; choose another --out or delete it")
-    out.mkdir(parents=True, exist_ok=True)
+    if workers < 1:
+        raise ConfigError(f"--workers {workers} must be at least 1")
+    with demo_directory(out, overwrite) as out:
+        return _run_demo(out, SIZES[size], size, seed, workers, log or (lambda s: print(s, file=sys.stderr, flush=True)))
+
+
+def _run_demo(out: Path, s: DemoSize, size: str, seed: int, workers: int, log: Callable[[str], None]) -> dict:
     data, prep, run, seg_dir = out / "data", out / "prepare", out / "train", out / "segment"
     data.mkdir()
     seg_dir.mkdir()
@@ -155,7 +191,7 @@ def run_demo(out: str | os.PathLike, size: str = "full", seed: int = 0, workers:
     return metrics
 
 
-def run_fib25_demo(out: str | os.PathLike, shared: str | os.PathLike, bbox: str = "0,0,0:100,100,100", log: Callable[[str], None] | None = None) -> dict:
+def run_fib25_demo(out: str | os.PathLike, shared: str | os.PathLike, bbox: str = "0,0,0:100,100,100", log: Callable[[str], None] | None = None, overwrite: bool = False) -> dict:
     """Segment a FIB-25 crop with the published model and evaluate it against ground truth."""
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
     shared = Path(shared)
@@ -163,10 +199,11 @@ def run_fib25_demo(out: str | os.PathLike, shared: str | os.PathLike, bbox: str 
     ckpt = shared / "models" / "fib25" / "model.ckpt-27465036"
     if not h5.exists() or not Path(f"{ckpt}.index").exists():
         raise ConfigError(f"{shared} does not hold data/fib25/training_sample2.h5 and models/fib25/; give the shared folder")
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise ConfigError(f"{out} exists and is not empty; choose another --out or delete it")
-    out.mkdir(parents=True, exist_ok=True)
+    with demo_directory(out, overwrite) as out:
+        return _run_fib25_demo(out, h5, ckpt, bbox, log)
+
+
+def _run_fib25_demo(out: Path, h5: Path, ckpt: Path, bbox: str, log: Callable[[str], None]) -> dict:
     seconds: dict[str, float] = {}
     t_start = time.time()
     seg = f"{out}/segment/seg.h5:segmentation"
@@ -196,8 +233,3 @@ def summary_text(metrics: dict, out: str | os.PathLike) -> str:
     lines.append("  seconds per stage:   " + ", ".join(f"{k} {v:.0f}" for k, v in metrics["seconds"].items()))
     lines.append(f"  report:              {Path(out) / 'report.html'}")
     return "\n".join(lines)
-
-
-def remove_partial(out: Path) -> None:
-    """Remove a demo directory left by a failed run (it holds only what the demo made)."""
-    shutil.rmtree(out, ignore_errors=True)

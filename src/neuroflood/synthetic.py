@@ -40,6 +40,45 @@ class SynthParams:
     noise: float = 8.0  # std of Gaussian noise, grey levels
     blur: float = 0.9  # Gaussian blur sigma, voxels
 
+    def check(self) -> None:
+        """Raise DataError for a knob outside its range (NaN included)."""
+        limits = {
+            "density": (0.0, 100.0, False),
+            "membrane_contrast": (0.0, 1.0, True),
+            "membrane_width": (0.0, 10.0, True),
+            "organelles": (0.0, 100.0, True),
+            "noise": (0.0, 255.0, True),
+            "blur": (0.0, 10.0, True),
+            "branch_prob": (0.0, 1.0, True),
+            "persistence": (0.0, 1.0, True),
+        }
+        for name, (lo, hi, lo_ok) in limits.items():
+            v = getattr(self, name)
+            ok = isinstance(v, (int, float)) and np.isfinite(v) and (lo <= v if lo_ok else lo < v) and v <= hi
+            if not ok:
+                bound = "[" if lo_ok else "("
+                raise DataError(f"synthetic {name} {v!r} must be a number in {bound}{lo:g}, {hi:g}]")
+        lo_r, hi_r = self.radius_range
+        if not (np.isfinite(lo_r) and np.isfinite(hi_r) and 0 < lo_r <= hi_r <= 64):
+            raise DataError(f"synthetic radius_range {self.radius_range} must satisfy 0 < min <= max <= 64")
+
+
+# Peak memory of make_em_volume per voxel: int32 seeds and labels, float32 and float64
+# working images, the distance transform's indices (3 x int32) and the uint64 labels.
+_BYTES_PER_VOXEL = 64
+
+
+def _available_memory() -> int:
+    """Bytes of memory available now (MemAvailable), or a generous guess where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 1 << 40
+
 
 def make_em_volume(
     shape: Sequence[int] = (128, 128, 128),
@@ -57,6 +96,15 @@ def make_em_volume(
     p = params or SynthParams()
     if overrides:
         p = SynthParams(**{**asdict(p), **overrides})
+    p.check()
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise DataError(f"synthetic seed {seed!r} must be a non-negative integer")
+    need = int(np.prod(shape)) * _BYTES_PER_VOXEL
+    if need > _available_memory():
+        raise DataError(
+            f"a synthetic volume of shape {shape} needs about {need / 2**30:.1f} GiB of memory, more than "
+            f"this machine has free ({_available_memory() / 2**30:.1f} GiB); choose a smaller --shape"
+        )
     rng = np.random.default_rng(seed)
     seeds = _draw_processes(shape, p, rng)
     labels = _nearest_label(seeds)
@@ -207,3 +255,47 @@ def _render(labels: np.ndarray, p: SynthParams, rng: np.random.Generator) -> np.
         img = ndimage.gaussian_filter(img, p.blur)
     img += rng.normal(0, p.noise, shape).astype(np.float32)
     return np.clip(np.round(img), 0, 255).astype(np.uint8)
+
+
+SYNTH_MARK = "neuroflood_output"
+
+
+def write_synthetic(path: str, image: np.ndarray, labels: np.ndarray) -> None:
+    """Write ``image`` and ``labels`` as a new HDF5 file at ``path``, atomically.
+
+    The file is written whole under a temporary name beside ``path`` and renamed when
+    complete; its root attribute ``neuroflood_output = "synth"`` lets a later ``synth
+    --overwrite`` recognise it as its own.
+    """
+    import os
+    import tempfile
+
+    import h5py
+
+    from .volume import default_chunks, normal_permissions
+
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp.h5", dir=folder)
+    os.close(fd)
+    try:
+        with h5py.File(tmp, "w") as f:
+            for name, data in (("image", image), ("labels", labels)):
+                f.create_dataset(name, data=data, chunks=default_chunks(data.shape), compression="gzip")
+            f.attrs[SYNTH_MARK] = "synth"
+        normal_permissions(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def made_by_synth(path: str) -> bool:
+    """Whether ``path`` is an HDF5 file that :func:`write_synthetic` wrote."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return f.attrs.get(SYNTH_MARK) == "synth"
+    except (OSError, ValueError):
+        return False

@@ -27,6 +27,7 @@ import re
 import shutil
 import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -75,7 +76,15 @@ class Volume:
 
     def __getitem__(self, key: Any) -> np.ndarray:
         slices, squeeze = self._normalize(key)
-        data = np.asarray(self._read(slices))
+        try:
+            data = np.asarray(self._read(slices))
+        except VolumeError:
+            raise
+        except Exception as e:  # a corrupt chunk, a truncated file, a vanished mount
+            raise VolumeError(
+                f"cannot read region {_region(slices)} of {self.spec}: {_short(e)}; "
+                "the file may be corrupt or incomplete: rewrite it or restore it from a copy"
+            ) from e
         return data[squeeze] if squeeze else data
 
     def __setitem__(self, key: Any, value: Any) -> None:
@@ -90,7 +99,14 @@ class Volume:
             raise VolumeError(
                 f"cannot write an array of shape {value.shape} into region {want} of {self.spec}"
             ) from None
-        self._write(slices, value.astype(self.dtype, copy=False))
+        try:
+            self._write(slices, value.astype(self.dtype, copy=False))
+        except VolumeError:
+            raise
+        except OSError as e:
+            raise VolumeError(f"cannot write region {_region(slices)} of {self.spec}: {_short(e)}; {_write_hint(e)}") from e
+        except Exception as e:  # h5py and tensorstore wrap the OS error in their own types
+            raise VolumeError(f"cannot write region {_region(slices)} of {self.spec}: {_short(e)}; {_write_hint(e)}") from e
 
     def read(self, box: BoundingBox) -> np.ndarray:
         return self[box.to_slices()]
@@ -159,6 +175,35 @@ class Volume:
                 raise VolumeError(f"unsupported index {k!r} for {self.spec}; use ints and slices")
         needs_squeeze = any(s == 0 for s in squeeze)
         return tuple(slices), (tuple(squeeze) if needs_squeeze else ())
+
+
+def _region(slices: tuple[slice, ...]) -> str:
+    return "[" + ", ".join(f"{s.start}:{s.stop}" for s in slices) + "]"
+
+
+def _short(e: BaseException) -> str:
+    """An exception as one short line (library messages can span lines)."""
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text[:300]}"
+
+
+def _write_hint(e: BaseException) -> str:
+    text = str(e).lower()
+    if "no space left" in text or getattr(e, "errno", None) == 28:
+        return "the disk is full: free space or write elsewhere, then run again"
+    return "check that the location is writable and has free space"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def normal_permissions(path: str | os.PathLike) -> None:
+    """Give a file made by mkstemp/mkdtemp (private: 0600/0700) the umask's permissions."""
+    mode = 0o777 if os.path.isdir(path) else 0o666
+    os.chmod(path, mode & ~_umask())
 
 
 # ----------------------------------------------------------------------------------------
@@ -257,7 +302,15 @@ class TensorstoreVolume(Volume):
     def _write(self, slices, value):
         if self._xyz:
             value = np.transpose(value if self._channels > 1 else value[..., None], (2, 1, 0, 3))
-        self._stored_view(slices).write(value).result()
+        future = self._stored_view(slices).write(value)
+        try:
+            future.result()
+        except BaseException:  # e.g. Ctrl-C: let the write in flight end before cleanup
+            try:
+                future.result()
+            except Exception:
+                pass
+            raise
 
 
 class SliceStackVolume(Volume):
@@ -467,7 +520,7 @@ def _ts_open(spec: dict, writable: bool, **kwargs: Any) -> Any:
 # ----------------------------------------------------------------------------------------
 
 
-def _default_chunks(shape: Sequence[int]) -> tuple[int, ...]:
+def default_chunks(shape: Sequence[int]) -> tuple[int, ...]:
     return tuple(min(64, int(s)) for s in shape[:3]) + tuple(int(s) for s in shape[3:])
 
 
@@ -504,7 +557,7 @@ def _create_volume(
 ) -> Volume:
     shape = tuple(int(s) for s in shape)
     dtype = np.dtype(dtype)
-    chunks = tuple(int(c) for c in chunks) if chunks else _default_chunks(shape)
+    chunks = tuple(int(c) for c in chunks) if chunks else default_chunks(shape)
     kind = _kind(spec)
     if kind == "h5":
         import h5py
@@ -639,22 +692,27 @@ def _write_volume(spec: str, data: np.ndarray, chunks, overwrite: bool, attrs: d
                 if ds in f and not overwrite:
                     raise VolumeError(f"{spec} already exists; choose another name or pass overwrite")
                 tmp = f"{ds}.__tmp__"
-                if tmp in f:
+                if tmp in f:  # left by a process that was killed outright
                     del f[tmp]
-                d = f.create_dataset(
-                    tmp, data=data, chunks=chunks or _default_chunks(data.shape), compression="gzip"
-                )
-                d.attrs.update(attrs or {})
-                if ds in f:
-                    del f[ds]
-                f.move(tmp, ds)
+                try:
+                    d = f.create_dataset(
+                        tmp, data=data, chunks=chunks or default_chunks(data.shape), compression="gzip"
+                    )
+                    d.attrs.update(attrs or {})
+                    if ds in f:
+                        del f[ds]
+                    f.move(tmp, ds)
+                finally:
+                    if tmp in f:  # failed or interrupted: drop the half-written copy
+                        del f[tmp]
             return
-        fd, tmp_path = tempfile.mkstemp(suffix=".h5", dir=os.path.dirname(os.path.abspath(path)))
+        fd, tmp_path = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp.h5", dir=os.path.dirname(os.path.abspath(path)))
         os.close(fd)
+        normal_permissions(tmp_path)
         try:
             with h5py.File(tmp_path, "w") as f:
                 d = f.create_dataset(
-                    ds, data=data, chunks=chunks or _default_chunks(data.shape), compression="gzip"
+                    ds, data=data, chunks=chunks or default_chunks(data.shape), compression="gzip"
                 )
                 d.attrs.update(attrs or {})
             os.replace(tmp_path, path)
@@ -669,22 +727,24 @@ def _write_volume(spec: str, data: np.ndarray, chunks, overwrite: bool, attrs: d
             raise VolumeError(f"{spec} already exists; choose another name or pass overwrite")
         # Write the array next to its final place, then swap it in with renames.
         tmp_root = f"{root}.tmp-{os.getpid()}.zarr"
-        vol = create_volume(f"{tmp_root}/{name}" if name else tmp_root, data.shape, data.dtype, chunks, overwrite=True)
-        vol[...] = data
-        if attrs:
-            vol.set_attrs(**attrs)
-        src = os.path.join(tmp_root, name) if name else tmp_root
-        if name:
-            _ensure_zarr_group(root)
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-        old = None
-        if os.path.exists(target):
-            old = f"{target}.old-{os.getpid()}"
-            os.replace(target, old)
-        os.replace(src, target)
-        if old:
-            shutil.rmtree(old, ignore_errors=True)
-        shutil.rmtree(tmp_root, ignore_errors=True)
+        try:
+            vol = create_volume(f"{tmp_root}/{name}" if name else tmp_root, data.shape, data.dtype, chunks, overwrite=True)
+            vol[...] = data
+            if attrs:
+                vol.set_attrs(**attrs)
+            src = os.path.join(tmp_root, name) if name else tmp_root
+            if name:
+                _ensure_zarr_group(root)
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+            old = None
+            if os.path.exists(target):
+                old = f"{target}.old-{os.getpid()}"
+                os.replace(target, old)
+            os.replace(src, target)
+            if old:
+                shutil.rmtree(old, ignore_errors=True)
+        finally:
+            shutil.rmtree(tmp_root, ignore_errors=True)
         return
     vol = create_volume(spec, data.shape, data.dtype, chunks, overwrite=overwrite)
     vol[...] = data
@@ -699,6 +759,9 @@ def _ensure_zarr_group(root: str) -> None:
         zarr.open_group(store=root, mode="a", zarr_format=2) if _zarr_major() >= 3 else zarr.open_group(root, mode="a")
 
 
+EXPORT_MARK = "neuroflood_output"
+
+
 def copy_volume(
     src: str | os.PathLike,
     dst: str | os.PathLike,
@@ -708,66 +771,205 @@ def copy_volume(
 ) -> Volume:
     """Copy a volume into another format block by block (memory stays at one block).
 
-    The copy is written under a temporary name and moved into place when complete, for
-    HDF5 and zarr targets; other targets are created in place.
+    The copy is written under a temporary name beside ``dst`` and moved into place only when
+    complete, for every format: an interrupted or failed copy leaves nothing at ``dst`` and no
+    temporary file. ``overwrite`` replaces ``dst`` only if an earlier copy wrote it (it is
+    marked so); anything else at ``dst`` is refused.
     """
     from tqdm import tqdm
 
+    from .cli import raise_if_terminated
+
+    block = tuple(int(b) for b in block)
+    if len(block) != 3 or min(block) < 1:
+        raise VolumeError(f"copy block {block} must be 3 positive sizes z,y,x, e.g. 128,128,128")
     src_vol = open_volume(src)
+    _check_copyable(src_vol)
     dst = os.fspath(dst)
-    kind = _kind(dst)
-    if kind in ("h5", "zarr"):
-        exists = False
-        if kind == "h5":
-            path, ds = _split_colon(dst, "dataset")
-            if os.path.exists(path):
-                import h5py
-
-                with h5py.File(path, "r") as f:
-                    exists = ds in f
-        else:
-            root, name = _split_container(dst, (".zarr",))
-            exists = os.path.exists(os.path.join(root, name) if name else root)
-        if exists and not overwrite:
-            raise VolumeError(f"{dst} already exists; choose another name or pass overwrite")
+    target = _Target(dst)
+    if target.kind == "h5" and isinstance(src_vol, H5Volume) and os.path.exists(target.file) and os.path.samefile(src_vol._file.filename, target.file):
+        raise VolumeError(f"{dst} is in the HDF5 file that {src} is read from; export into another file")
+    if target.exists():
+        if not overwrite:
+            raise VolumeError(f"{dst} already exists; choose another name or pass --overwrite")
+        if not target.exported():
+            raise VolumeError(
+                f"{dst} exists and was not written by neuroflood export, so --overwrite will not replace it; "
+                "choose another destination"
+            )
     chunks = tuple(min(b, s) for b, s in zip(block, src_vol.shape[:3])) + tuple(src_vol.shape[3:])
-    if kind == "h5":
-        path, ds = _split_colon(dst, "dataset")
-        tmp_spec = f"{path}:{ds}.__tmp__"
-    elif kind == "zarr":
-        root, name = _split_container(dst, (".zarr",))
-        if not name:
-            raise VolumeError(f"give the zarr target as DIR.zarr/NAME, not {dst!r}")
-        tmp_spec = f"{root}/.{name.replace('/', '_')}.copying"
-    else:
-        tmp_spec = dst
-    out = create_volume(tmp_spec, src_vol.shape, src_vol.dtype, chunks=chunks, overwrite=True if tmp_spec != dst else overwrite)
     shape3 = src_vol.shape[:3]
-    grid = [-(-s // b) for s, b in zip(shape3, block)]
-    boxes = []
-    for idx in np.ndindex(*grid):
-        start = [i * b for i, b in zip(idx, block)]
-        boxes.append(BoundingBox.from_start_stop(start, [min(a + b, s) for a, b, s in zip(start, block, shape3)]))
-    for box in tqdm(boxes, desc="export", unit="block", disable=not progress, file=sys.stderr):
-        sl = box.to_slices()
-        out[sl] = src_vol[sl]
-    for k, v in src_vol.attrs.items():
+    boxes = [
+        BoundingBox.from_start_stop(start, [min(a + b, s) for a, b, s in zip(start, block, shape3)])
+        for start in (
+            [i * b for i, b in zip(idx, block)] for idx in np.ndindex(*[-(-s // b) for s, b in zip(shape3, block)])
+        )
+    ]
+    with target.staged() as tmp_spec:
+        out = create_volume(tmp_spec, src_vol.shape, src_vol.dtype, chunks=chunks, overwrite=True)
         try:
-            out.set_attrs(**{k: v})  # type: ignore[attr-defined]
-        except (AttributeError, TypeError):
-            break
-    out.close()
-    if kind == "h5":
-        import h5py
-
-        with h5py.File(path, "a") as f:
-            if ds in f:
-                del f[ds]
-            f.move(f"{ds}.__tmp__", ds)
-    elif kind == "zarr":
-        target = os.path.join(root, name)
-        if os.path.exists(target):
-            shutil.rmtree(target)
-        os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
-        os.replace(os.path.join(root, f".{name.replace('/', '_')}.copying"), target)
+            for box in tqdm(boxes, desc="export", unit="block", disable=not progress, file=sys.stderr):
+                raise_if_terminated()
+                sl = box.to_slices()
+                out[sl] = src_vol[sl]
+            if hasattr(out, "set_attrs"):
+                for k, v in src_vol.attrs.items():
+                    try:
+                        out.set_attrs(**{k: v})
+                    except (TypeError, ValueError):
+                        pass  # an attribute this format cannot hold
+                out.set_attrs(**{EXPORT_MARK: "export"})
+        finally:
+            out.close()
+        raise_if_terminated()
     return open_volume(dst)
+
+
+def _check_copyable(vol: Volume) -> None:
+    if vol.ndim not in (3, 4) or vol.dtype.kind not in "biuf" or vol.size == 0:
+        raise VolumeError(
+            f"{vol.spec} is a {vol.ndim}-d {vol.dtype} array of shape {vol.shape}; export copies "
+            "non-empty 3-d (or 4-d, channels last) numeric volumes"
+        )
+
+
+class _Target:
+    """Where :func:`copy_volume` writes, how it stages the copy, and how it moves it into place."""
+
+    def __init__(self, spec: str):
+        self.spec = spec
+        self.kind = _kind(spec)
+        if self.kind not in ("h5", "zarr", "n5", "precomputed", "npy"):
+            raise VolumeError(f"cannot write {spec!r}: export writes HDF5, zarr, N5, precomputed and .npy")
+        if self.kind == "h5":
+            self.file, self.name = _split_colon(spec, "dataset")
+            if not self.name:
+                raise VolumeError(f"give the HDF5 target as FILE.h5:NAME, not {spec!r}")
+            self.path = self.file
+        elif self.kind in ("zarr", "n5"):
+            self.root, self.name = _split_container(spec, (".zarr",) if self.kind == "zarr" else (".n5",))
+            if not self.name:
+                raise VolumeError(f"give the {self.kind} target as DIR.{self.kind}/NAME, not {spec!r}")
+            self.path = os.path.join(self.root, self.name)
+        elif self.kind == "precomputed":
+            self.path = spec[len("precomputed://") :].rstrip("/")
+            if not self.path:
+                raise VolumeError("give the precomputed target as precomputed://DIR")
+        else:
+            self.path = spec
+
+    def exists(self) -> bool:
+        if self.kind == "h5":
+            if not os.path.exists(self.file):
+                return False
+            import h5py
+
+            try:
+                with h5py.File(self.file, "r") as f:
+                    return self.name in f
+            except OSError as e:
+                raise VolumeError(f"{self.file} exists but is not an HDF5 file ({_short(e)}); choose another destination") from None
+        return os.path.lexists(self.path)
+
+    def exported(self) -> bool:
+        """Whether an earlier ``export`` wrote what is at the target."""
+        from .outputs import made_by
+
+        if self.kind in ("precomputed", "n5"):
+            return made_by(self.path) == "export"
+        if self.kind == "npy":
+            return False
+        try:
+            with open_volume(self.spec) as vol:
+                return vol.attrs.get(EXPORT_MARK) == "export"
+        except VolumeError:
+            return False
+
+    @contextmanager
+    def staged(self):
+        """Yield a temporary spec to write; on success move it to the target, else remove it."""
+        from .outputs import write_marker
+
+        pid = os.getpid()
+        if self.kind == "h5":
+            fresh = not os.path.exists(self.file)
+            if fresh:  # a new file: write it whole beside, rename when complete
+                tmp_file = os.path.join(os.path.dirname(os.path.abspath(self.file)), f".{os.path.basename(self.file)}.export-{pid}.h5")
+                try:
+                    yield f"{tmp_file}:{self.name}"
+                    normal_permissions(tmp_file)
+                    os.replace(tmp_file, self.file)
+                finally:
+                    if os.path.exists(tmp_file):
+                        os.unlink(tmp_file)
+                return
+            import h5py
+
+            tmp = f"{self.name}.__export_tmp__"
+            with h5py.File(self.file, "a") as f:
+                if tmp in f:
+                    del f[tmp]
+            try:
+                yield f"{self.file}:{tmp}"
+                with h5py.File(self.file, "a") as f:
+                    if self.name in f:
+                        del f[self.name]
+                    f.move(tmp, self.name)
+            finally:
+                with h5py.File(self.file, "a") as f:
+                    if tmp in f:
+                        del f[tmp]
+            return
+        if self.kind in ("zarr", "n5"):
+            fresh_root = not os.path.exists(self.root)
+            ext = f".{self.kind}"
+            if fresh_root:  # a new container: build it whole beside, rename when complete
+                tmp_root = f"{self.root[: -len(ext)]}.export-{pid}{ext}"
+                try:
+                    yield f"{tmp_root}/{self.name}"
+                    if self.kind == "zarr":
+                        _ensure_zarr_group(tmp_root)
+                    else:  # N5 datasets hold no attributes we can set: mark the directory
+                        write_marker(os.path.join(tmp_root, self.name), "export")
+                    os.replace(tmp_root, self.root)
+                finally:
+                    shutil.rmtree(tmp_root, ignore_errors=True)
+                return
+            tmp_name = f".{self.name.replace('/', '_')}.export-{pid}"
+            tmp_path = os.path.join(self.root, tmp_name)
+            try:
+                yield f"{self.root}/{tmp_name}"
+                if self.kind == "n5":
+                    write_marker(tmp_path, "export")
+                _swap_in(tmp_path, self.path)
+            finally:
+                shutil.rmtree(tmp_path, ignore_errors=True)
+            return
+        if self.kind == "precomputed":
+            tmp_dir = f"{self.path}.export-{pid}"
+            try:
+                yield f"precomputed://{tmp_dir}"
+                write_marker(tmp_dir, "export")
+                _swap_in(tmp_dir, self.path)
+            finally:
+                shutil.rmtree(tmp_dir, ignore_errors=True)
+            return
+        tmp_npy = os.path.join(os.path.dirname(os.path.abspath(self.path)), f".{os.path.basename(self.path)}.export-{pid}.npy")
+        try:
+            yield tmp_npy
+            os.replace(tmp_npy, self.path)
+        finally:
+            if os.path.exists(tmp_npy):
+                os.unlink(tmp_npy)
+
+
+def _swap_in(new: str, target: str) -> None:
+    """Move the complete ``new`` to ``target``, replacing an earlier one (already checked)."""
+    os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
+    if os.path.lexists(target):
+        old = f"{target}.old-{os.getpid()}"
+        os.replace(target, old)
+        os.replace(new, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(new, target)

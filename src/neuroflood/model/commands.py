@@ -22,11 +22,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(defaults: the published FIB-25 model).",
     )
     p.add_argument("prefix", help="checkpoint prefix, e.g. models/fib25/model.ckpt-27465036")
-    p.add_argument("out_dir", help="directory to write (replaced atomically if it exists)")
+    p.add_argument("out_dir", help="directory to write; must not exist")
     p.add_argument("--fov-size", default="33,33,33", help="field of view z,y,x")
     p.add_argument("--deltas", default="8,8,8", help="FOV move step z,y,x")
     p.add_argument("--image-mean", type=float, default=128.0, help="image mean used in training")
     p.add_argument("--image-stddev", type=float, default=33.0, help="image stddev used in training")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if an earlier `neuroflood import-tf` wrote it")
     p.set_defaults(func=_import_tf)
 
     p = add_command(sub, "model-info", "print a checkpoint's architecture and parameter count as JSON")
@@ -35,7 +36,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _import_tf(args: argparse.Namespace) -> int:
+    from ..errors import ConfigError
+    from ..outputs import check_replaceable, exclusive
     from .checkpoint import import_tf, load_model
+
+    if not args.out_dir.strip():
+        raise ConfigError("the output directory is empty; give one, e.g. `neuroflood import-tf PREFIX fib25_model`")
 
     config = ModelConfig.build(
         {
@@ -45,7 +51,9 @@ def _import_tf(args: argparse.Namespace) -> int:
             "image_stddev": args.image_stddev,
         }
     )
-    out = import_tf(args.prefix, args.out_dir, config)
+    with exclusive(args.out_dir, f"output directory {args.out_dir}"):
+        check_replaceable(args.out_dir, "import-tf", args.overwrite, inputs=(f"{args.prefix}.index",))
+        out = import_tf(args.prefix, args.out_dir, config)
     model = load_model(out)
     print(f"wrote {out} ({model.num_parameters():,} parameters, depth {model.config.depth})")
     return 0

@@ -76,20 +76,36 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _prepare(args: argparse.Namespace) -> int:
+    from ..outputs import check_replaceable, exclusive
+
     out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise ConfigError(f"output directory {out} exists; choose another --out or pass --overwrite")
-    if args.from_tfrecord:
-        if args.labels or args.image or args.mask:
-            raise ConfigError("--from-tfrecord converts coordinates only; do not combine it with --labels/--image/--mask")
-        return _in_temporary_dir(out, lambda tmp: _convert(args.from_tfrecord, tmp, args.progress))
-    if not args.labels:
-        raise ConfigError("give at least one labelled volume (--labels [NAME=]SPEC) or --from-tfrecord FILE")
-    config = build_config(args)
-    labels = _named(args.labels, "--labels")
-    images = _named(args.image, "--image", labels)
-    masks = _named(args.mask, "--mask", labels)
-    return _in_temporary_dir(out, lambda tmp: _run(config, labels, images, masks, tmp, args.progress))
+    if not args.out.strip():
+        raise ConfigError("--out is empty; give the output directory, e.g. --out prep")
+    inputs = [_volume_path(v) for v in args.labels + args.image + args.mask] + list(args.from_tfrecord)
+    inputs += [args.config] if args.config else []
+    with exclusive(out, f"--out {args.out}"):
+        replace = check_replaceable(out, "prepare", args.overwrite, tuple(inputs))
+        if args.from_tfrecord:
+            if args.labels or args.image or args.mask:
+                raise ConfigError("--from-tfrecord converts coordinates only; do not combine it with --labels/--image/--mask")
+            for f in args.from_tfrecord:
+                if not os.path.isfile(f):
+                    what = "is a directory" if os.path.isdir(f) else "does not exist"
+                    raise ConfigError(f"--from-tfrecord {f} {what}; give google/ffn coordinate TFRecord files")
+            return _in_temporary_dir(out, replace, lambda tmp: _convert(args.from_tfrecord, tmp, args.progress))
+        if not args.labels:
+            raise ConfigError("give at least one labelled volume (--labels [NAME=]SPEC) or --from-tfrecord FILE")
+        config = build_config(args)
+        labels = _named(args.labels, "--labels")
+        images = _named(args.image, "--image", labels)
+        masks = _named(args.mask, "--mask", labels)
+        return _in_temporary_dir(out, replace, lambda tmp: _run(config, labels, images, masks, tmp, args.progress))
+
+
+def _volume_path(value: str) -> str:
+    """The volume spec of a ``[NAME=]SPEC`` option."""
+    m = _NAMED.match(value)
+    return m.group(2) if m else value
 
 
 def build_config(args: argparse.Namespace) -> Any:
@@ -149,30 +165,35 @@ def _default_name(spec: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.\-]", "_", stem)
 
 
-def _in_temporary_dir(out: Path, work: Any) -> int:
-    """Run ``work(tmp)`` in a fresh directory beside ``out``, then rename it to ``out``."""
+def _in_temporary_dir(out: Path, replace: bool, work: Any) -> int:
+    """Run ``work(tmp)`` in a fresh directory beside ``out``, then rename it to ``out``.
+
+    ``replace``: ``out`` is an earlier prepare output that may be swapped out (checked by the
+    caller); otherwise ``out`` must still be absent when the work is done.
+    """
+    from ..outputs import write_marker
+    from ..volume import normal_permissions
+
+    out = Path(os.path.abspath(out))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; OUT gets normal permissions
+        normal_permissions(tmp)  # mkdtemp makes it private; OUT gets normal permissions
         work(tmp)
-        if out.exists():  # --overwrite: swap in the complete new directory, then drop the old
+        write_marker(tmp, "prepare")
+        if replace:  # --overwrite: swap in the complete new directory, then drop the old
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
             os.replace(out, old / out.name)
             os.replace(tmp, out)
             shutil.rmtree(old, ignore_errors=True)
+        elif os.path.lexists(out):
+            raise ConfigError(f"{out} appeared while prepare ran (another program wrote it); choose another --out")
         else:
             os.replace(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return 0
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _run(config: Any, labels: dict[str, str], images: dict[str, str], masks: dict[str, str], tmp: Path, progress: bool) -> None:

@@ -60,6 +60,14 @@ class PrepareConfig(Config):
                 raise ValueError(f"thresholds {v!r} must be comma-separated numbers") from None
         return v
 
+    @field_validator("id_whitelist")
+    @classmethod
+    def _label_ids(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and any(not 0 < i < 2**64 for i in v):
+            bad = next(i for i in v if not 0 < i < 2**64)
+            raise ValueError(f"label id {bad} is not a positive uint64 object id; list the ids of labelled objects")
+        return v
+
     @field_validator("block_shape")
     @classmethod
     def _positive(cls, v: tuple[int, int, int]) -> tuple[int, int, int]:
