@@ -1,8 +1,8 @@
 """Synchronous data-parallel training, as Dong et al. 2019 ran it with Horovod, on torch.distributed.
 
 :func:`run_training` is what ``neuroflood train`` calls in every process. Alone it is the
-single-worker trainer; inside a job started by ``torchrun``, ``srun`` or ``neuroflood train
---nproc-per-node N`` (:func:`launch_training`) it is one rank of that job:
+single-worker trainer; inside a job started by ``torchrun``, ``srun``, ``mpiexec`` or
+``neuroflood train --nproc-per-node N`` (:func:`launch_training`) it is one rank of that job:
 
 * the process group comes from the launcher's variables (gloo on CPU, nccl with one GPU per
   local rank, :func:`neuroflood.distributed.init_distributed`);
@@ -19,7 +19,7 @@ single-worker trainer; inside a job started by ``torchrun``, ``srun`` or ``neuro
 * ranks agree every step on stopping (a signal or ``max_train_seconds`` on any rank) and on
   checkpointing, so none is left waiting in a collective; rank 0 alone writes checkpoints,
   metrics (with the global FOVs/s) and TensorBoard events. A restarted job (``torchrun
-  --max-restarts``, a requeued SLURM job) resumes from the latest complete checkpoint, which
+  --max-restarts``, a requeued SLURM or PBS job) resumes from the latest complete checkpoint, which
   every rank reads: the run directory must be on a filesystem all nodes share.
 """
 
@@ -35,11 +35,11 @@ from typing import Any
 
 import torch
 
-from ..distributed import DistInfo, cleanup, init_distributed, launch_local
+from ..distributed import NPROC_IN_JOB, DistInfo, cleanup, in_launched_job, init_distributed, launch_local
 from ..errors import CheckpointError, ConfigError
 from .checkpoint import latest_checkpoint
 from .config import TrainConfig
-from .loop import TrainResult, resolve_config, train
+from .loop import TrainResult, hold_run_dir, resolve_config, train
 from .optim import lr_scale
 
 LAUNCHES = "launches.jsonl"
@@ -52,8 +52,11 @@ def run_training(config: TrainConfig, resume: bool | None = None) -> TrainResult
         return train(config, resume=resume)
     try:
         config = config.model_copy(update={"device": info.device})
-        record_launch(config, info)
-        return train(config, rank=info.rank, world=info.world_size, wrap_model=lambda m: wrap_ddp(m, info), resume=resume)
+        # Rank 0 holds the run directory before anything is written there, launches.jsonl
+        # included, so that a second job on it is refused untouched.
+        with hold_run_dir(config.run_dir, holder=info.is_main):
+            record_launch(config, info)
+            return train(config, rank=info.rank, world=info.world_size, wrap_model=lambda m: wrap_ddp(m, info), resume=resume)
     finally:
         # DDP's reducer holds the process group and DDP modules sit in reference cycles:
         # free them while the interpreter is whole, before the group goes. Left to interpreter
@@ -75,7 +78,7 @@ def wrap_ddp(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
             if p.dim() == 5 and tuple(p.shape[2:]) == (1, 1, 1):
                 p.data = p.data.clone(memory_format=torch.contiguous_format)
     if info.device.startswith("cuda"):
-        return DistributedDataParallel(model, device_ids=[info.local_rank])
+        return DistributedDataParallel(model, device_ids=[torch.device(info.device).index])  # local rank % GPUs
     return DistributedDataParallel(model)
 
 
@@ -157,10 +160,8 @@ def launch_training(config: TrainConfig, nproc: int, max_restarts: int = 0, resu
     in a file, so that every worker and every restart runs exactly this configuration.
     Workers resume from the latest checkpoint when there is one (restarts rely on it).
     """
-    if "RANK" in os.environ or int(os.environ.get("SLURM_NTASKS", "1")) > 1:
-        raise ConfigError(
-            "--nproc-per-node starts the workers itself; inside torchrun or a multi-task srun, drop --nproc-per-node"
-        )
+    if in_launched_job(os.environ):
+        raise ConfigError(NPROC_IN_JOB)
     if nproc < 1:
         raise ConfigError(f"--nproc-per-node must be >= 1, got {nproc}")
     if max_restarts < 0:
