@@ -60,12 +60,23 @@ def build_model(config: ModelConfig | None = None, seed: int | None = None) -> F
     return FFNModel(config or ModelConfig())
 
 
-def save_model(model: FFNModel, path: str | os.PathLike, provenance: dict | None = None) -> Path:
-    """Write ``model`` as a native checkpoint directory at ``path`` (atomically)."""
+def save_model(model: FFNModel, path: str | os.PathLike, provenance: dict | None = None, command: str | None = None) -> Path:
+    """Write ``model`` as a native checkpoint directory at ``path`` (atomically).
+
+    The directory is built under a temporary name and renamed into place; ``command`` (e.g.
+    ``"import-tf"``) marks it as that command's output (see :mod:`neuroflood.outputs`).
+    Callers check that replacing an existing ``path`` is allowed.
+    """
+    from ..outputs import write_marker
+    from ..volume import normal_permissions
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
+        normal_permissions(tmp)  # mkdtemp makes it private; a lab shares its models
+        if command:
+            write_marker(tmp, command)
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / "model.safetensors"))
         meta = {
@@ -76,6 +87,8 @@ def save_model(model: FFNModel, path: str | os.PathLike, provenance: dict | None
             "provenance": {**model.provenance, **(provenance or {})},
         }
         (tmp / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
+        for f in tmp.iterdir():
+            normal_permissions(f)  # safetensors writes its file private (0600)
         if path.exists():
             old = path.with_name(f".{path.name}.old-{os.getpid()}")
             os.replace(path, old)
@@ -92,14 +105,16 @@ def save_model(model: FFNModel, path: str | os.PathLike, provenance: dict | None
 def _load_native(path: Path) -> FFNModel:
     cfg_path, w_path = path / "config.json", path / "model.safetensors"
     for p in (cfg_path, w_path):
-        if not p.exists():
-            raise CheckpointError(f"{path} is not a neuroflood checkpoint ({p.name} is missing)")
+        if not p.is_file():
+            what = "is missing" if not p.exists() else "is not a file"
+            raise CheckpointError(f"{path} is not a neuroflood checkpoint ({p.name} {what})")
     try:
-        meta = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{cfg_path} is not valid JSON ({e}); the checkpoint is corrupt") from None
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{cfg_path} is not a neuroflood model config (format {meta.get('format')!r})")
+        meta = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise CheckpointError(f"{cfg_path} cannot be read as JSON ({e}); the checkpoint is corrupt") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise CheckpointError(f"{cfg_path} is not a neuroflood model config (format {got!r})")
     try:
         config = ModelConfig.build(meta.get("model"))
     except ConfigError as e:
@@ -110,7 +125,8 @@ def _load_native(path: Path) -> FFNModel:
         raise CheckpointError(f"{w_path} is truncated or corrupt ({e}); re-copy the checkpoint") from None
     model = FFNModel(config)
     _load_state_strict(model, state, str(path))
-    model.provenance = meta.get("provenance", {})
+    provenance = meta.get("provenance", {})
+    model.provenance = provenance if isinstance(provenance, dict) else {}
     return model
 
 
@@ -211,6 +227,46 @@ def load_model(path: str | os.PathLike, config: ModelConfig | None = None, devic
 
 
 def import_tf(prefix: str | os.PathLike, out_dir: str | os.PathLike, config: ModelConfig | None = None) -> Path:
-    """Convert a google/ffn TF checkpoint into a native checkpoint directory."""
+    """Convert a google/ffn TF checkpoint into a native checkpoint directory.
+
+    ``out_dir`` may be new or an earlier native checkpoint (replaced atomically); anything
+    else there (a file, a directory of other files) is refused, never replaced. The command
+    (``neuroflood import-tf``) is stricter: it replaces only an earlier import-tf output, and
+    only with ``--overwrite``.
+    """
+    out = _check_model_output(out_dir)
     model = load_tf_checkpoint(prefix, config)
-    return save_model(model, out_dir)
+    try:
+        return save_model(model, out, command="import-tf")
+    except OSError as e:
+        raise CheckpointError(f"cannot write {out} ({e.strerror or e}); choose a writable output directory") from None
+
+
+def _check_model_output(out_dir: str | os.PathLike) -> Path:
+    """Refuse an output that cannot be written or that is not ours to replace, before any work."""
+    text = os.fspath(out_dir)
+    if not text.strip():
+        raise ConfigError("the output directory name is empty; give one, e.g. fib25_model")
+    out = Path(text)
+    if out.name in ("", ".", ".."):
+        raise ConfigError(f"{text!r} names no new directory; give a directory name, e.g. fib25_model")
+    if out.exists() or out.is_symlink():
+        if not out.is_dir() or out.is_symlink():
+            raise ConfigError(f"{out} exists and is not a directory; choose another output directory")
+        if any(out.iterdir()) and not _is_native(out):
+            raise ConfigError(f"{out} holds other files (not a neuroflood model checkpoint), which would be replaced; choose another output directory")
+    parent = out.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"cannot create {out}: {parent} is a file, not a directory; choose another output directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot create {out}: {parent} is not writable; choose a writable output directory")
+    return out
+
+
+def _is_native(path: Path) -> bool:
+    try:
+        return json.loads((path / "config.json").read_text()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import features_per_layer
 from ..errors import ConfigError
 
 
@@ -59,23 +60,8 @@ def layer_names(depth: int) -> list[str]:
 
 
 def _features_per_layer(depth: int, features: int | Sequence[int]) -> list[int]:
-    n = 2 * depth  # every 3x3x3 conv; conv_lom always has 1 output
-    if isinstance(features, int):
-        return [features] * n
-    feats = [int(f) for f in features]
-    if len(feats) != n:
-        raise ConfigError(
-            f"features has {len(feats)} entries but depth {depth} has {n} 3x3x3 convs; "
-            "give one per conv (conv0_a, conv0_b, conv1_a, ...) or a single int"
-        )
-    # The skip connection adds conv{i}_b's output to its module input.
-    for i in range(1, depth):
-        if feats[2 * i + 1] != feats[2 * i - 1]:
-            raise ConfigError(
-                f"features for conv{i}_b ({feats[2 * i + 1]}) must equal its module input "
-                f"({feats[2 * i - 1]}) for the residual sum"
-            )
-    return feats
+    """One positive channel count per 3x3x3 conv; a ConfigError if they cannot form the stack."""
+    return features_per_layer(depth, features)
 
 
 class ConvStack3D(nn.Module):

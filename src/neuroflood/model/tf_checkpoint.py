@@ -21,6 +21,16 @@ _FOOTER_LEN = 48
 _DTYPES = {1: np.float32, 2: np.float64, 3: np.int32, 4: np.uint8, 9: np.int64, 10: np.bool_, 19: np.float16}
 
 
+def _read_file(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except IsADirectoryError:
+        raise CheckpointError(f"{path} is a directory, not a checkpoint file; give the checkpoint prefix") from None
+    except OSError as e:
+        raise CheckpointError(f"cannot read {path} ({e.strerror or e}); check the file and its permissions") from None
+
+
 def _read_block(data: bytes, offset: int, size: int, path: str) -> bytes:
     """Return an SSTable block's contents after checking its trailer (type byte + masked CRC)."""
     end = offset + size
@@ -82,7 +92,7 @@ def read_index(prefix: str) -> tuple[dict, dict[str, dict]]:
             f"no TensorFlow checkpoint at {prefix} ({path} is missing); give the prefix, "
             "e.g. model.ckpt-27465036 (without .index)"
         )
-    data = open(path, "rb").read()
+    data = _read_file(path)
     if len(data) < _FOOTER_LEN or struct.unpack("<Q", data[-8:])[0] != _TABLE_MAGIC:
         raise CheckpointError(f"{path} is not a TensorFlow checkpoint index (bad magic); check the file")
     footer = data[-_FOOTER_LEN:]
@@ -95,14 +105,17 @@ def read_index(prefix: str) -> tuple[dict, dict[str, dict]]:
         raise CheckpointError(f"{path} has a corrupt footer; re-download it") from None
     header: dict = {}
     entries: dict[str, dict] = {}
-    for _, handle in _block_entries(_read_block(data, index_off, index_size, path)):
-        off, p = read_varint(handle, 0)
-        size, _ = read_varint(handle, p)
-        for key, value in _block_entries(_read_block(data, off, size, path)):
-            if key == b"":
-                header = {f: v for f, _, v in iter_fields(value)}
-            else:
-                entries[key.decode()] = _parse_entry(value)
+    try:
+        for _, handle in _block_entries(_read_block(data, index_off, index_size, path)):
+            off, p = read_varint(handle, 0)
+            size, _ = read_varint(handle, p)
+            for key, value in _block_entries(_read_block(data, off, size, path)):
+                if key == b"":
+                    header = {f: v for f, _, v in iter_fields(value)}
+                else:
+                    entries[key.decode()] = _parse_entry(value)
+    except (struct.error, ValueError, IndexError):  # checksums passed, yet the entries do not parse
+        raise CheckpointError(f"{path} has corrupt index entries; re-download it") from None
     return header, entries
 
 
@@ -119,7 +132,7 @@ def read_tf_checkpoint(prefix: str | os.PathLike) -> dict[str, np.ndarray]:
             path = f"{prefix}.data-{sid:05d}-of-{num_shards:05d}"
             if not os.path.exists(path):
                 raise CheckpointError(f"checkpoint data file {path} is missing; copy it beside the .index")
-            shards[sid] = open(path, "rb").read()
+            shards[sid] = _read_file(path)
         buf = shards[sid]
         dtype = _DTYPES.get(e["dtype"])
         if dtype is None:

@@ -131,6 +131,7 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
     """Merge defaults, a resumed run's config.json, --config FILE and the command line."""
     a = vars(args)
     layers: list[dict[str, Any]] = []
+    sources: list[str] = []  # the file of each layer, for messages
     run_dir = a.get("run_dir")
     resume = a.get("resume")
     if run_dir:
@@ -141,8 +142,10 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
             raise ConfigError(f"{run_dir} already holds checkpoints (latest {latest.name}); resume it (--resume) or choose a new --run-dir")
         if latest is not None and (Path(run_dir) / "config.json").exists():
             layers.append(load_config_file(Path(run_dir) / "config.json"))
+            sources.append(str(Path(run_dir) / "config.json"))
     if "config" in a:
         layers.append(load_config_file(a["config"]))
+        sources.append(a["config"])
     cli: dict[str, Any] = {}
     for flag, key in (("--image", "images"), ("--labels", "labels"), ("--loss-weights", "loss_weights")):
         name = flag[2:].replace("-", "_")
@@ -176,9 +179,17 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
             cli[key] = tuple(_floats(a[key], flag))
     # The network: each layer's [model] table refines the one below; --model last.
     model = ModelConfig()
-    for layer in layers:
+    for layer, source in zip(layers, sources):
         if "model" in layer:
-            model = ModelConfig.build(model.model_dump(), layer["model"])
+            if not isinstance(layer["model"], dict):
+                raise ConfigError(
+                    f"model in {source} must be a [model] table of ModelConfig options (depth = 2, features = 16, ...), "
+                    f"not {layer['model']!r}; the depth=...,features=... form is for --model"
+                )
+            try:
+                model = ModelConfig.build(model.model_dump(), layer["model"])
+            except ConfigError as e:
+                raise ConfigError(f"{source}: [model] {e}") from None
     if "model" in a:
         model = ModelConfig.parse_spec(a["model"], base=model)
     merged = [{k: v for k, v in layer.items() if k != "model"} for layer in layers]
@@ -197,15 +208,33 @@ def _floats(text: str, flag: str) -> list[float]:
 
 def _train(args: argparse.Namespace) -> int:
     config = build_config(args)
+    # More workers or threads than CPUs is legitimate (oversubscription, e.g. 2 workers on
+    # a 1-CPU CI machine); 4x as many is a typo that would start thousands of processes.
+    limit = 4 * (os.cpu_count() or 1)
+    if config.threads and config.threads > limit:
+        raise ConfigError(f"--threads {config.threads} is more than 4x the {limit // 4} CPUs of this machine; give at most {limit}")
+    nproc = getattr(args, "nproc_per_node", None)
+    if nproc is not None and nproc > limit:
+        raise ConfigError(f"--nproc-per-node {nproc} is more than 4x the {limit // 4} CPUs of this machine; give at most {limit}")
     import torch
 
     if config.threads:
         torch.set_num_threads(config.threads)  # once, before any work: resetting later slows CPU steps
     from .distributed import launch_training, run_training
-    from .loop import summary_line
+    from .loop import hold_run_dir, resolve_config, summary_line
 
-    if "nproc_per_node" in args:
-        return launch_training(config, args.nproc_per_node, getattr(args, "max_restarts", 0), getattr(args, "resume", None))
+    if nproc is not None:
+        from ..distributed import in_launched_job
+
+        if in_launched_job(os.environ):  # every rank would start workers: refused, see there
+            return launch_training(config, nproc, getattr(args, "max_restarts", 0), getattr(args, "resume", None))
+        # The launcher holds the run directory for its workers (they see it held and skip the
+        # lock), and removes it if the job fails before it has written anything.
+        config = resolve_config(config)
+        with hold_run_dir(config.run_dir) as guard:
+            code = launch_training(config, nproc, getattr(args, "max_restarts", 0), getattr(args, "resume", None))
+            guard.failed = code != 0
+        return code
     if "max_restarts" in args:
         raise ConfigError("--max-restarts needs --nproc-per-node (with torchrun, give torchrun --max-restarts)")
     result = run_training(config, resume=getattr(args, "resume", None))

@@ -45,7 +45,7 @@ class TrainConfig(Config):
     init_from: str | None = Field(
         None, description="start from these weights (native checkpoint dir or google/ffn TF prefix)"
     )
-    seed: int = Field(0, description="seed of every random stream (weights, coordinates, moves, augmentation)")
+    seed: int = Field(0, ge=0, le=2**64 - 1, description="seed of every random stream (weights, coordinates, moves, augmentation)")
 
     # --- FFN example generation (ffn-algorithms.md §2.2-2.4) --------------------------------
     batch_size: int = Field(4, ge=1, description="independent trajectories per step (per worker)")

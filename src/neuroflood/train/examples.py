@@ -380,6 +380,8 @@ class PatchSource:
                     f"loss weights {c.loss_weights[name]} have shape {tuple(weights.shape)}, "
                     f"the image {tuple(image.shape)}; give weights of the image's shape"
                 )
+            if np.dtype(weights.dtype).kind not in "biuf":
+                raise DataError(f"loss weights {c.loss_weights[name]} have dtype {weights.dtype}; give real numbers (e.g. a 0/1 mask)")
         mean, std = c.image_offset_scale.get(name, (c.model.image_mean, c.model.image_stddev))
         vol = _Volumes(name, image, labels, weights, float(mean), float(std))
         self.volumes[index] = vol
@@ -423,8 +425,20 @@ class PatchSource:
         image = (image - np.float32(vol.mean)) / np.float32(vol.stddev)
         if vol.weights is not None:
             weights = np.asarray(vol.weights[box], np.float32)
+            # Checked patch by patch (the volume may be huge): a NaN or negative weight would
+            # otherwise surface as a diverged loss blamed on the learning rate.
+            if not (np.isfinite(weights).all() and (weights >= 0).all()):
+                raise DataError(
+                    f"loss weights {self.config.loss_weights[vol.name]} hold NaN, infinite or negative values in the "
+                    f"patch around z,y,x {tuple(int(v) for v in center)}; loss weights must be finite and >= 0"
+                )
         else:
             weights = np.ones(s, np.float32)
+        if not np.isfinite(image).all():
+            raise DataError(
+                f"image {self.config.images[vol.name]} holds NaN or infinite values in the patch around z,y,x "
+                f"{tuple(int(v) for v in center)}; give a finite image (uint8 EM)"
+            )
         return Patch(aug.apply(image), aug.apply(soft), aug.apply(weights))
 
 

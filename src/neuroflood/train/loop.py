@@ -17,22 +17,24 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import sys
 import threading
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..distributed import any_rank
-from ..errors import CheckpointError, ConfigError, NeurofloodError
+from ..errors import CheckpointError, ConfigError, DataError, NeurofloodError
 from ..model import FFNModel, build_model, load_model
+from ..outputs import exclusive
 from ..prepare.coordfile import open_coordinates
 from .checkpoint import latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
 from .config import TrainConfig
@@ -171,8 +173,13 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
     """Check the data options and give unnamed volumes the coordinate file's volume name."""
     if not config.coords:
         raise ConfigError("no training coordinates: give --coords PATH (made by `neuroflood prepare`)")
-    if not config.run_dir:
+    if not config.run_dir.strip():
         raise ConfigError("no run directory: give --run-dir DIR")
+    _check_file(config.coords, "--coords", "the coordinate file made by `neuroflood prepare`")
+    if config.eval_coords is not None:
+        _check_file(config.eval_coords, "--eval-coords", "a held-out coordinate file made by `neuroflood prepare`")
+    if config.init_from is not None and not config.init_from.strip():
+        raise ConfigError("--init-from is empty; give a checkpoint directory or a TensorFlow prefix, or leave it out")
     names = open_coordinates(config.coords).volume_names
     updates: dict[str, Any] = {}
     for key in ("images", "labels", "loss_weights"):
@@ -187,7 +194,179 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
             updates[key] = specs
     if not config.images or not config.labels:
         raise ConfigError("give the image and labels of each training volume: --image SPEC --labels SPEC")
+    # A weight volume under a name the coordinates do not use would be silently ignored.
+    unknown = sorted(set(updates.get("loss_weights", config.loss_weights)) - set(names))
+    if unknown:
+        raise ConfigError(
+            f"--loss-weights names volume(s) {', '.join(unknown)}, but {config.coords} has {', '.join(names)}; "
+            "name each weight volume as its training volume (NAME=SPEC)"
+        )
     return config.model_copy(update=updates) if updates else config
+
+
+def _check_file(path: str, flag: str, what: str) -> None:
+    """Refuse an empty path or a directory where a file is needed, naming the option."""
+    if not path.strip():
+        raise ConfigError(f"{flag} is empty; give {what}")
+    if os.path.isdir(path):
+        inside = os.path.join(path, "coordinates.nfc")
+        hint = f", e.g. {inside}" if os.path.isfile(inside) else ""
+        raise ConfigError(f"{flag} {path} is a directory; give {what}{hint}")
+
+
+# The run directory that this process (or the ``--nproc-per-node`` launcher that started it)
+# holds: taking the lock again would be refused by the holder itself.
+RUN_DIR_HELD = "NEUROFLOOD_RUN_DIR_HELD"
+
+
+class RunDirGuard:
+    """What :func:`hold_run_dir` yields; set ``failed`` for a failure that raised nothing."""
+
+    failed = False
+
+
+@contextmanager
+def hold_run_dir(run_dir: str, holder: bool = True) -> Iterator[RunDirGuard]:
+    """Hold ``run_dir`` for one run: refuse a second run there, clean up after a failed start.
+
+    The process that writes the run directory (rank 0, or the ``--nproc-per-node`` launcher)
+    takes :func:`neuroflood.outputs.exclusive` on it. If the run fails (an exception, or
+    ``guard.failed``) before the directory holds a checkpoint or metrics, what the run wrote
+    is removed: the directory and the parents made for it if it created them, else only the
+    new entries. A run refused on bad input leaves nothing behind, and a directory that
+    existed before is never removed.
+    """
+    guard = RunDirGuard()
+    path = os.path.abspath(run_dir)
+    if not holder or os.environ.get(RUN_DIR_HELD) == path:
+        yield guard
+        return
+    _check_run_dir_writable(run_dir)
+    fresh = _first_missing(Path(path))
+    existing = set(os.listdir(path)) if fresh is None and os.path.isdir(path) else set()
+    try:
+        with exclusive(run_dir, f"--run-dir {run_dir}"):
+            # Nested holders in this process and the launcher's workers see that it is held.
+            previous = os.environ.get(RUN_DIR_HELD)
+            os.environ[RUN_DIR_HELD] = path
+            try:
+                yield guard
+            except BaseException:
+                guard.failed = True
+                raise
+            finally:
+                if previous is None:
+                    os.environ.pop(RUN_DIR_HELD, None)
+                else:
+                    os.environ[RUN_DIR_HELD] = previous
+                if guard.failed:
+                    _remove_if_unused(Path(path), keep=existing if fresh is None else None)
+    finally:
+        if guard.failed and fresh is not None:  # now that the lock file beside run_dir is gone
+            _remove_empty_dirs(Path(path).parent, fresh)
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost directory on the way to ``path`` (itself included) that does not exist yet."""
+    missing = None
+    while not os.path.lexists(path):
+        missing, path = path, path.parent
+    return missing
+
+
+def _remove_if_unused(run_dir: Path, keep: set[str] | None) -> None:
+    """After a failed run: remove what it wrote if that holds no checkpoint and no metrics.
+
+    ``keep=None``: the run created ``run_dir``, remove all of it; else remove only the entries
+    that are not in ``keep`` (the ones there before the run).
+    """
+    metrics = run_dir / "metrics.jsonl"
+    if not run_dir.is_dir() or latest_checkpoint(run_dir) is not None or (metrics.exists() and metrics.stat().st_size > 0):
+        return
+    if keep is None:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return
+    for name in set(os.listdir(run_dir)) - keep:
+        entry = run_dir / name
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+
+
+def _remove_empty_dirs(path: Path, top: Path) -> None:
+    """rmdir ``path`` and its parents up to ``top`` while they are empty."""
+    while path == top or top in path.parents:
+        try:
+            path.rmdir()
+        except OSError:
+            return
+        path = path.parent
+
+
+def _check_run_dir_writable(run_dir: str) -> None:
+    """A one-line refusal, before anything is written, for a run directory that cannot be made."""
+    path = Path(os.path.abspath(run_dir))
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"cannot write to run directory {run_dir} (a file is there); choose a writable --run-dir")
+    parent = path.parent  # the lock file goes beside the run directory
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"cannot write to run directory {run_dir} ({parent} is a file); choose a writable --run-dir")
+    for d in ([path] if path.exists() else []) + [parent]:
+        if not os.access(d, os.W_OK | os.X_OK):
+            raise ConfigError(f"cannot write to run directory {run_dir} ({d} is not writable); choose a writable --run-dir")
+
+
+def check_memory(config: TrainConfig, device: torch.device) -> None:
+    """Refuse a batch that cannot fit before allocating it (a huge one would swap for minutes).
+
+    Lower bounds: each trajectory keeps its patch (image, labels, weights) and canvas in host
+    memory; one step keeps each conv's activations of the batch for the backward pass, plus
+    weights, gradients and two optimizer moments (float32).
+    """
+    m = config.model
+    slots = config.batch_size * config.emulate_workers
+    fov = math.prod(m.fov_size)
+    host = slots * (4 * math.prod(config.patch_size()) + 4 * fov) * 4
+    per_activation = 2 if config.precision == "bfloat16" else 4
+    step = config.batch_size * fov * per_activation * (m.activation_channels() + 2) + 4 * 4 * m.parameter_count()
+    checks = [("host", host + (step if device.type == "cpu" else 0), available_host_memory())]
+    if device.type == "cuda":
+        checks.append(("GPU", step, torch.cuda.mem_get_info(device)[0]))
+    for where, need, have in checks:
+        if have is not None and need > have:
+            raise ConfigError(
+                f"--batch-size {config.batch_size} (x {config.emulate_workers} emulated worker(s)) with this model and FOV "
+                f"needs at least {_gib(need)} of {where} memory per process, but {_gib(have)} is available; "
+                "lower --batch-size (or --emulate-workers, the FOV or the model size)"
+            )
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:,.1f} GiB" if n < 2**50 else f"{n / 2**30:.1e} GiB"
+
+
+def available_host_memory() -> int | None:
+    """Bytes this process can still allocate: MemAvailable, capped by a cgroup limit; None if unknown."""
+    found: list[int] = []
+    try:
+        with open("/proc/meminfo") as f:
+            found += [int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:")]
+    except (OSError, ValueError, IndexError):
+        pass
+    for limit, usage in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+    ):
+        try:
+            cap = Path(limit).read_text().strip()
+            if cap != "max" and int(cap) < 2**60:
+                found.append(int(cap) - int(Path(usage).read_text()))
+        except (OSError, ValueError):
+            continue
+    return min(found) if found else None
 
 
 def _prepare_run_dir(run_dir: str) -> Path:
@@ -226,13 +405,22 @@ def _initial_model(config: TrainConfig) -> FFNModel:
         return build_model(config.model, seed=config.seed)
     model = load_model(config.init_from, config=config.model)
     got, want = model.config, config.model
-    if (got.depth, got.features) != (want.depth, want.features) or tuple(got.fov_size) != tuple(want.fov_size):
+    # A TensorFlow checkpoint records no FOV (load_model gave it the run's): compare FOVs only
+    # for native checkpoints, rather than print the run's FOV as the checkpoint's.
+    native = Path(config.init_from).is_dir()
+    same_fov = not native or tuple(got.fov_size) == tuple(want.fov_size)
+    if (got.depth, got.features) != (want.depth, want.features) or not same_fov:
+        fov = f"FOV {_xyz(got.fov_size)}" if native else "no recorded FOV (a TensorFlow checkpoint)"
         raise CheckpointError(
-            f"--init-from {config.init_from} has depth {got.depth}, features {got.features}, FOV {tuple(got.fov_size)}, "
-            f"but the run's model has depth {want.depth}, features {want.features}, FOV {tuple(want.fov_size)}; "
+            f"--init-from {config.init_from} has depth {got.depth}, features {got.features}, {fov}, "
+            f"but the run's model has depth {want.depth}, features {want.features}, FOV {_xyz(want.fov_size)}; "
             f"set --model to match the checkpoint"
         )
     return model
+
+
+def _xyz(v: Sequence[int]) -> str:
+    return "x".join(str(int(a)) for a in v)
 
 
 class _StopFlag:
@@ -285,31 +473,50 @@ def train(
         ``False``: refuse a run directory that already has checkpoints.
     """
     config = resolve_config(config)
+    with hold_run_dir(config.run_dir, holder=rank == 0):
+        return _train_held(config, rank, world, wrap_model, resume)
+
+
+def _train_held(
+    config: TrainConfig, rank: int, world: int, wrap_model: Callable[[FFNModel], torch.nn.Module] | None, resume: bool | None
+) -> TrainResult:
+    """:func:`train` inside the run-directory lock: check everything, then create and train."""
     is_main = rank == 0
-    run_dir = _prepare_run_dir(config.run_dir) if is_main else Path(config.run_dir)
     device = pick_device(config.device)
     autocast_dtype = torch.bfloat16 if config.precision == "bfloat16" else None
 
-    # Data: one example generator per worker of this process, each over its own shard.
+    # Data: one example generator per worker of this process, each over its own shard. Every
+    # input is checked before the run directory is created or memory is taken.
     coords = open_coordinates(config.coords)
-    source = PatchSource(config, coords.volume_names)
-    tracker = EvalTracker(config.eval_size())
     workers = config.emulate_workers
-    generators = []
-    for w in range(rank * workers, (rank + 1) * workers):
-        shard = coords.shard(w, world * workers)
+    if len(coords) < world * workers:
+        raise DataError(
+            f"{config.coords} holds {len(coords)} coordinates for {world * workers} workers "
+            f"({world} process(es) x {workers} emulated); every worker needs at least one: use more coordinates or fewer workers"
+        )
+    source = PatchSource(config, coords.volume_names)
+    shards = {w: coords.shard(w, world * workers) for w in range(rank * workers, (rank + 1) * workers)}
+    for shard in shards.values():
         source.check(shard, config.coords)
-        generators.append(ExampleGenerator(config, source, shard, tracker, worker=w, pin_memory=device.type == "cuda"))
     if config.eval_coords and is_main:
         eval_coords = open_coordinates(config.eval_coords)
         _source_for(source, eval_coords.volume_names).check(eval_coords.shard(0, 1), config.eval_coords)
-
-    # Model and optimizer: resumed, fine-tuned or fresh.
+    check_memory(config, device)
+    run_dir = Path(config.run_dir)
     latest = latest_checkpoint(run_dir)
     if resume is False and latest is not None:
         raise ConfigError(f"{run_dir} already holds checkpoints (latest {latest.name}); resume it (--resume) or choose a new --run-dir")
     if resume is True and latest is None:
         raise ConfigError(f"--resume given, but {run_dir} holds no checkpoint; drop --resume to start a new run")
+    initial = _initial_model(config) if latest is None else None
+    if is_main:
+        _prepare_run_dir(config.run_dir)
+    tracker = EvalTracker(config.eval_size())
+    generators = [
+        ExampleGenerator(config, source, shard, tracker, worker=w, pin_memory=device.type == "cuda") for w, shard in shards.items()
+    ]
+
+    # Model and optimizer: resumed, fine-tuned or fresh.
     state: dict[str, Any] = {}
     if latest is not None:
         ckpt = load_checkpoint(latest)
@@ -320,7 +527,8 @@ def train(
             )
         model, state = ckpt.model, ckpt.state
     else:
-        model = _initial_model(config)
+        assert initial is not None
+        model = initial
     model = model.to(device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last_3d)
