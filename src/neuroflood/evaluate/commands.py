@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..errors import ConfigError
 from ..volume import FORMATS_HELP
 
 
@@ -81,8 +82,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _evaluate(args: argparse.Namespace) -> int:
     from ..bbox import BoundingBox
     from .inputs import open_evaluation_inputs, parse_point
-    from .report import write_evaluation_report
+    from .report import check_output_dir, write_evaluation_report
 
+    _at_least(args.errors, 0, "--errors", "how many merges and splits to list")
+    _at_least(args.min_error_voxels, 1, "--min-error-voxels", "voxels an overlap needs to count")
+    _at_least(args.erl_dust_threshold, 0, "--erl-dust-threshold", "voxels an object needs to be skeletonized")
+    check_output_dir(args.out)  # before the work, not after it
     bbox = BoundingBox.parse(args.bbox) if args.bbox else None
     inputs = open_evaluation_inputs(args.seg, args.gt, args.image, bbox)
     center = parse_point(args.at, inputs.shape) if args.at else None
@@ -111,9 +116,12 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .training_report import write_training_report
+    from .report import check_output_dir
+    from .training_report import check_run_dir, write_training_report
 
+    check_run_dir(args.run_dir)
     out = args.out or str(Path(args.run_dir) / "report")
+    check_output_dir(out)
     summary = write_training_report(args.run_dir, out)
     last = summary["last"].get("eval") or summary["last"].get("train") or {}
     shown = ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k in ("step", "loss", "f1") and isinstance(v, (int, float)))
@@ -122,20 +130,26 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _view(args: argparse.Namespace) -> int:
-    from .viewer import serve
+    from .viewer import check_address, serve
 
+    check_address(args.bind, args.port)
+    if not args.max_memory_mb >= 0:
+        raise ConfigError(f"--max-memory-mb {args.max_memory_mb} must be >= 0 (0: read every volume lazily)")
     voxel_size = _positive_floats(args.voxel_size, "--voxel-size") if args.voxel_size else None
     serve(args.image, args.segs, bind=args.bind, port=args.port, voxel_size=voxel_size, max_memory_mb=args.max_memory_mb)
     return 0
 
 
-def _positive_floats(text: str, name: str) -> tuple[float, float, float]:
-    from ..errors import ConfigError
+def _at_least(value: int, low: int, name: str, meaning: str) -> None:
+    if value < low:
+        raise ConfigError(f"{name} {value} must be >= {low} ({meaning})")
 
+
+def _positive_floats(text: str, name: str) -> tuple[float, float, float]:
     try:
         values = tuple(float(v) for v in text.split(","))
     except ValueError:
         values = ()
-    if len(values) != 3 or not all(v > 0 for v in values):
+    if len(values) != 3 or not all(0 < v < float("inf") for v in values):
         raise ConfigError(f"{name} {text!r} is not three positive numbers z,y,x (e.g. 40,8,8)")
     return values

@@ -22,9 +22,12 @@ from typing import Any, Sequence
 import numpy as np
 
 from .. import __version__
-from ..errors import DataError
+from ..errors import ConfigError
 
-__all__ = ["Report", "write_evaluation_report", "METRIC_DESCRIPTIONS", "write_atomically"]
+__all__ = [
+    "Report", "write_evaluation_report", "METRIC_DESCRIPTIONS", "write_atomically", "check_output_dir", "check_output_file",
+    "check_writable_location",
+]
 
 # What each reported number means (shown in the reports' metrics tables).
 METRIC_DESCRIPTIONS = {
@@ -137,14 +140,50 @@ class Report:
         return write_atomically(out_dir, files)
 
 
+def check_writable_location(path: str | os.PathLike, what: str) -> None:
+    """Raise ConfigError unless the nearest existing folder above ``path`` is a writable directory
+    (so that ``path`` and the folders up to it can be created)."""
+    parent = Path(os.path.abspath(path)).parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"{what} {path}: {parent} is a file, not a directory; choose another location")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"{what} {path}: cannot write in {parent} (permission denied); choose a writable location")
+
+
+def check_output_dir(path: str | os.PathLike, what: str = "--out") -> None:
+    """Refuse, before any work, an output directory that cannot be created or written.
+
+    ``what`` names the option in the message. A missing directory is fine if it can be made.
+    """
+    path = Path(path)
+    if path.exists():
+        if not path.is_dir():
+            raise ConfigError(f"{what} {path} is a file, not a directory; give a directory path")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise ConfigError(f"{what} {path}: cannot write in it (permission denied); choose a writable location")
+        return
+    check_writable_location(path, what)
+
+
+def check_output_file(path: str | os.PathLike, what: str) -> None:
+    """Refuse, before any work, an output file path that is a directory or cannot be written."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{what} {path} is a directory; give a file path, e.g. {path / 'summary.json'}")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise ConfigError(f"{what} {path}: cannot write it (permission denied); choose a writable location")
+    check_writable_location(path, what)
+
+
 def write_atomically(out_dir: str | os.PathLike, files: dict[str, bytes]) -> Path:
     """Write every file to a temporary directory beside ``out_dir``, then move each into place.
 
     A crash leaves either the old file or the new one, never a partial file.
     """
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise DataError(f"--out {out} exists and is not a directory; give a directory path")
+    check_output_dir(out)
     out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".report-", dir=out))
     try:

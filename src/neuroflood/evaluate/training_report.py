@@ -33,7 +33,7 @@ import numpy as np
 from ..errors import DataError
 from .report import Report
 
-__all__ = ["read_metrics_log", "write_training_report", "CURVE_METRICS"]
+__all__ = ["read_metrics_log", "write_training_report", "check_run_dir", "CURVE_METRICS"]
 
 CURVE_METRICS = ("loss", "accuracy", "precision", "recall", "f1", "fovs_per_s")
 LR_KEYS = ("lr", "learning_rate")  # the contract's name, and the one neuroflood train writes
@@ -47,9 +47,14 @@ def read_metrics_log(path: str | os.PathLike) -> list[dict[str, Any]]:
     a truncated last one.
     """
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path} is a directory, not the metrics log; give the run directory that `neuroflood train` wrote")
     if not path.is_file():
         raise DataError(f"{path} does not exist; give the run directory that `neuroflood train` wrote")
-    lines = path.read_text().splitlines()
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"cannot read {path} ({e}); is it the metrics log of `neuroflood train`?") from None
     records = []
     for i, line in enumerate(lines, start=1):
         if not line.strip():
@@ -73,8 +78,7 @@ def write_training_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike
     from .figures import curves_figure, sample_slices_figure, to_png
 
     run = Path(run_dir)
-    if not run.is_dir():
-        raise DataError(f"run directory {run} does not exist; give the --out directory of `neuroflood train`")
+    check_run_dir(run)
     records = read_metrics_log(run / "metrics.jsonl")
     config = _read_config(run / "config.json")
     out = Path(out_dir) if out_dir is not None else run / "report"
@@ -125,14 +129,28 @@ def write_training_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike
     return result
 
 
+def check_run_dir(run_dir: str | os.PathLike) -> None:
+    """Raise DataError unless ``run_dir`` is an existing directory."""
+    run = Path(run_dir)
+    if run.is_file():
+        raise DataError(f"{run} is a file, not a run directory; give the --run-dir directory of `neuroflood train`")
+    if not run.is_dir():
+        raise DataError(f"run directory {run} does not exist; give the --run-dir directory of `neuroflood train`")
+
+
 # -- helpers ----------------------------------------------------------------------------------
 def _read_config(path: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
     try:
-        return json.loads(path.read_text())
+        config = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise DataError(f"{path} is not valid JSON ({e.msg}, line {e.lineno}); fix the file or remove it") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"cannot read {path} ({e}); fix the file or remove it") from None
+    if not isinstance(config, dict):
+        raise DataError(f"{path} holds a JSON {type(config).__name__}, not an object of options; fix the file or remove it")
+    return config
 
 
 def _values(records: list[dict], x_key: str, key: str, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -160,7 +178,8 @@ def _series(
 
 
 def _hours(records: list[dict]) -> bool:
-    return max(float(r.get("time_s", 0) or 0) for r in records) > 3 * 3600
+    times = [r.get("time_s") for r in records]
+    return max((float(t) for t in times if isinstance(t, (int, float))), default=0.0) > 3 * 3600
 
 
 def _summary(records: list[dict]) -> dict[str, Any]:

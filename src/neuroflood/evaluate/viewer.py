@@ -12,7 +12,9 @@ neuroglancer is an optional dependency: ``pip install 'neuroflood[viewer]'``.
 
 from __future__ import annotations
 
+import errno
 import os
+import socket
 import time
 from pathlib import PurePath
 from typing import Any, Sequence
@@ -23,7 +25,7 @@ from ..errors import ConfigError, DataError
 from ..volume import open_volume
 from .inputs import voxel_size_of
 
-__all__ = ["make_viewer", "serve"]
+__all__ = ["make_viewer", "serve", "check_address"]
 
 
 def _neuroglancer() -> Any:
@@ -32,6 +34,31 @@ def _neuroglancer() -> Any:
     except ImportError:
         raise ConfigError("neuroglancer is not installed; run: pip install 'neuroflood[viewer]'") from None
     return neuroglancer
+
+
+def check_address(bind: str, port: int) -> None:
+    """Raise ConfigError unless this process can serve on ``bind``:``port`` right now.
+
+    Binds a socket and closes it again, so that a bad address, a port out of range or one in
+    use is one clear line before any volume is loaded or server thread started.
+    """
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"--port {port} is not a TCP port; give 1..65535, or 0 for any free port")
+    try:
+        infos = socket.getaddrinfo(bind, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as e:
+        raise ConfigError(f"--bind {bind!r} is not an address of this machine ({e}); use 127.0.0.1 or 0.0.0.0") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does: TIME_WAIT is no conflict
+        try:
+            s.bind(address)
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise ConfigError(f"port {port} on {bind} is in use by another program; choose another --port, or 0 for any free port") from None
+            if e.errno in (errno.EACCES, errno.EPERM):
+                raise ConfigError(f"port {port} on {bind} needs privileges (ports below 1024 do); choose a --port of 1024 or more") from None
+            raise ConfigError(f"cannot serve on {bind}:{port} ({e.strerror or e}); use --bind 127.0.0.1 or an address of this machine") from None
 
 
 def make_viewer(
@@ -56,6 +83,7 @@ def make_viewer(
         Volumes up to this size are loaded into memory; larger ones are read lazily.
     """
     ng = _neuroglancer()
+    check_address(bind, port)
     img = open_volume(image)
     segs = [open_volume(s) for s in segmentations]
     for spec, vol in zip([image, *segmentations], [img, *segs]):

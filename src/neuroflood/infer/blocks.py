@@ -37,6 +37,10 @@ class BlockGrid:
 
     def __init__(self, bbox: BoundingBox, block_size: Sequence[int], overlap: Sequence[int]):
         self.bbox = bbox
+        if len(block_size) != 3 or min(int(b) for b in block_size) < 1:
+            raise ConfigError(f"block size {tuple(block_size)} must be positive on every axis (z,y,x); raise --block-size")
+        if len(overlap) != 3:
+            raise ConfigError(f"overlap {tuple(overlap)} needs 3 values (z,y,x)")
         self.block_size = tuple(min(int(b), s) for b, s in zip(block_size, bbox.size))
         self.overlap = tuple(int(o) for o in overlap)
         for axis, (b, o, s) in enumerate(zip(self.block_size, self.overlap, bbox.size)):

@@ -37,6 +37,7 @@ import socket
 import sys
 import time
 import traceback
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
@@ -781,52 +782,91 @@ def wants_blockwise(args: Any) -> bool:
     return bool(args.block_size or args.nproc_per_node)
 
 
+def check_arguments(args: Any) -> None:
+    """Refuse bad blockwise options before a model is loaded or a worker started."""
+    from ..config import parse_ints
+
+    if args.nproc_per_node is not None and args.nproc_per_node < 1:
+        raise ConfigError(f"--nproc-per-node {args.nproc_per_node} must be >= 1 (local workers)")
+    if args.block_size:
+        block = parse_ints(args.block_size, 3, "--block-size")
+        if min(block) < 1:
+            raise ConfigError(f"--block-size {args.block_size} must be positive on every axis (z,y,x), e.g. 128,128,128")
+    if args.overlap and min(parse_ints(args.overlap, 3, "--overlap")) < 0:
+        raise ConfigError(f"--overlap {args.overlap} must be >= 0 on every axis (z,y,x)")
+    if not 0 < args.min_overlap_fraction <= 1:  # NaN fails too
+        raise ConfigError(f"--min-overlap-fraction {args.min_overlap_fraction} must be a fraction in (0, 1], e.g. 0.5")
+    if args.min_overlap_voxels < 1:
+        raise ConfigError(f"--min-overlap-voxels {args.min_overlap_voxels} must be >= 1")
+    if args.handover_rounds < 0:
+        raise ConfigError(f"--handover-rounds {args.handover_rounds} must be 0 (none) or more")
+    if wants_blockwise(args):
+        JobPaths.from_spec(args.out)
+
+
+# Set by the process that launches local workers and holds their output: its workers must
+# not try to take the same lock (see run_cli).
+HELD_OUTPUT_ENV = "NEUROFLOOD_HELD_OUTPUT"
+
+
 def run_cli(args: Any, request: Any) -> int:
     """``neuroflood segment`` with --block-size and/or --nproc-per-node."""
     from ..config import parse_ints
     from ..distributed import cleanup, init_distributed, launch_local, strip_launch_args
     from ..model import load_model
-    from .segment import model_fingerprint
+    from .executor import check_batch_memory
+    from .segment import _write_summary, hold_output, model_fingerprint
 
-    if args.handover_rounds < 0:
-        raise ConfigError(f"--handover-rounds {args.handover_rounds} must be 0 (none) or more")
+    check_arguments(args)
+    paths = JobPaths.from_spec(args.out)
+    target = os.path.abspath(paths.root / paths.name)
+    # One writer per output: the launcher holds it for its workers; a rank-0 started by
+    # another launcher (torchrun, srun) takes it itself.
     if args.nproc_per_node and "LOCAL_RANK" not in os.environ:
-        return launch_local(args.nproc_per_node, strip_launch_args(args.argv), threads_per_worker=args.threads)
+        with hold_output(args.out, target):
+            os.environ[HELD_OUTPUT_ENV] = target
+            try:
+                return launch_local(args.nproc_per_node, strip_launch_args(args.argv), threads_per_worker=args.threads)
+            finally:
+                os.environ.pop(HELD_OUTPUT_ENV, None)
     info = init_distributed(request.device if request.device != "auto" else "auto")
+    held = hold_output(args.out, target) if info.is_main and os.environ.get(HELD_OUTPUT_ENV) != target else nullcontext()
     try:  # (torch threads were set once by the command before this)
-        model = load_model(args.model)
-        image = open_volume(args.image)
-        if image.ndim != 3:
-            raise VolumeError(f"image {args.image} has shape {image.shape}; segmentation needs a 3-D (z, y, x) volume")
-        bbox = BoundingBox.parse(args.bbox) if args.bbox else BoundingBox.from_shape(image.shape)
-        cfg = model.config
-        block = parse_ints(args.block_size, 3, "--block-size") if args.block_size else bbox.size
-        overlap = (
-            parse_ints(args.overlap, 3, "--overlap")
-            if args.overlap
-            else tuple(2 * (f // 2 + d) for f, d in zip(cfg.fov_size, cfg.deltas))
-        )
-        job_request = {
-            "image": os.path.abspath(args.image) if os.path.exists(args.image.split(":")[0]) else args.image,
-            "model_sha256": model_fingerprint(model),
-            "model": json.loads(cfg.model_dump_json()),
-            "request": json.loads(request.model_dump_json()),
-        }
-        result = segment_blockwise(
-            args.out, image, bbox, block, overlap, FFNBlockSegmenter(model, request, job_box=bbox), job_request, info,
-            OverlapRule(args.min_overlap_voxels, args.min_overlap_fraction, not args.one_sided_joins), progress=not args.no_progress,
-            handover_rounds=args.handover_rounds,
-        )
-        if info.is_main:
-            summary = _summary(args, bbox, result)
-            if args.summary:
-                _atomic_write_text(Path(args.summary), json.dumps(summary, indent=2) + "\n")
-            print(
-                f"{summary['segments']} segments, {summary['fov_evaluations']} FOV evaluations in "
-                f"{summary['blocks']} blocks ({summary['blocks_run']} run, {summary['blocks_skipped']} kept), "
-                f"{100 * summary['unsegmented_fraction']:.1f}% unsegmented, {summary['seconds']:.1f} s -> {args.out}"
+        with held:
+            model = load_model(args.model)
+            check_batch_memory(model, request.batch_size, request.device)
+            image = open_volume(args.image)
+            if image.ndim != 3:
+                raise VolumeError(f"image {args.image} has shape {image.shape}; segmentation needs a 3-D (z, y, x) volume")
+            bbox = BoundingBox.parse(args.bbox) if args.bbox else BoundingBox.from_shape(image.shape)
+            cfg = model.config
+            block = parse_ints(args.block_size, 3, "--block-size") if args.block_size else bbox.size
+            overlap = (
+                parse_ints(args.overlap, 3, "--overlap")
+                if args.overlap
+                else tuple(2 * (f // 2 + d) for f, d in zip(cfg.fov_size, cfg.deltas))
             )
-        return 0
+            job_request = {
+                "image": os.path.abspath(args.image) if os.path.exists(args.image.split(":")[0]) else args.image,
+                "model_sha256": model_fingerprint(model),
+                "model": json.loads(cfg.model_dump_json()),
+                "request": json.loads(request.model_dump_json()),
+            }
+            result = segment_blockwise(
+                args.out, image, bbox, block, overlap, FFNBlockSegmenter(model, request, job_box=bbox), job_request, info,
+                OverlapRule(args.min_overlap_voxels, args.min_overlap_fraction, not args.one_sided_joins), progress=not args.no_progress,
+                handover_rounds=args.handover_rounds,
+            )
+            if info.is_main:
+                summary = _summary(args, bbox, result)
+                if args.summary:
+                    _write_summary(args.summary, summary)
+                print(
+                    f"{summary['segments']} segments, {summary['fov_evaluations']} FOV evaluations in "
+                    f"{summary['blocks']} blocks ({summary['blocks_run']} run, {summary['blocks_skipped']} kept), "
+                    f"{100 * summary['unsegmented_fraction']:.1f}% unsegmented, {summary['seconds']:.1f} s -> {args.out}"
+                )
+            return 0
     finally:
         cleanup()
 

@@ -69,6 +69,8 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         if "=" not in item:
             raise ConfigError(f"--set {item!r} is not KEY=VALUE, e.g. --set options.move_threshold=0.8")
         key, raw = item.split("=", 1)
+        if not all(part.strip() for part in key.split(".")):
+            raise ConfigError(f"--set {item!r} has an empty key; write KEY=VALUE, e.g. --set options.move_threshold=0.8")
         try:
             value = json.loads(raw)
         except json.JSONDecodeError:
@@ -94,9 +96,18 @@ def _segment(args: argparse.Namespace) -> int:
     import torch
 
     from ..config import load_config_file
+    from ..evaluate.report import check_output_file, check_writable_location
+    from .blockwise import check_arguments, run_cli, wants_blockwise
     from .config import InferenceRequest
-    from .segment import segment_volume
+    from .segment import output_lock_target, segment_volume
 
+    # Options first: a bad one is refused before a model is loaded or anything written.
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError(f"--threads {args.threads} must be >= 1 (or leave it out for torch's choice)")
+    check_arguments(args)
+    check_writable_location(output_lock_target(args.out), "--out")
+    if args.summary:
+        check_output_file(args.summary, "--summary")
     if args.threads:
         torch.set_num_threads(args.threads)
     raw = load_config_file(args.config) if args.config else {}
@@ -104,7 +115,6 @@ def _segment(args: argparse.Namespace) -> int:
     if args.device:
         raw["device"] = args.device
     request = InferenceRequest.build(raw)
-    from .blockwise import run_cli, wants_blockwise
 
     if wants_blockwise(args):
         return run_cli(args, request)
@@ -127,7 +137,7 @@ def _segment(args: argparse.Namespace) -> int:
 def _consensus(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ..errors import VolumeError
+    from ..errors import DataError, VolumeError
     from ..volume import open_volume
     from .consensus import compute_consensus
     from .storage import check_output, read_output, write_output
@@ -143,14 +153,23 @@ def _consensus(args: argparse.Namespace) -> int:
             finally:
                 vol.close()
 
-    a, meta_a = load(args.a)
-    b, _ = load(args.b)
+    from ..evaluate.report import check_writable_location
+    from .segment import output_lock_target
+
+    for name, value in (("--split-min-size", args.split_min_size), ("--min-size", args.min_size)):
+        if value < 0:
+            raise ConfigError(f"{name} {value} must be >= 0 (voxels)")
+    check_writable_location(output_lock_target(args.out), "--out")
     clean = {} if args.no_split_cc and not args.min_size else {"split_cc": not args.no_split_cc, "min_size": args.min_size}
-    seg = compute_consensus(a, b, args.split_min_size, **clean)
     key = {"consensus": [args.a, args.b], "split_min_size": args.split_min_size, "clean": clean}
-    if check_output(args.out, key, overwrite=args.overwrite):
+    if check_output(args.out, key, overwrite=args.overwrite):  # before the work, not after it
         print(f"{args.out} already holds this consensus; nothing to do")
         return 0
+    a, meta_a = load(args.a)
+    b, _ = load(args.b)
+    if a.shape != b.shape:
+        raise DataError(f"{args.a} has shape {a.shape} and {args.b} {b.shape}; give two segmentations of one box")
+    seg = compute_consensus(a, b, args.split_min_size, **clean)
     write_output(args.out, seg, origins={}, meta={"request": key, "corner_zyx": meta_a.get("corner_zyx", [0, 0, 0])})
     n = int(np.count_nonzero(np.unique(seg)))
     print(f"consensus: {n} segments -> {args.out}")

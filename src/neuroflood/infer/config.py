@@ -25,6 +25,8 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from ..config import Config, parse_ints
+from ..errors import ConfigError
+from .expression import check_expression
 
 
 def logit(p: float) -> float:
@@ -111,6 +113,17 @@ class MaskConfig(Config):
     values: list[int] | None = Field(None, description="masked if value is one of these")
     invert: bool = Field(False, description="mask the complement instead")
 
+    @field_validator("expression")
+    @classmethod
+    def _safe_expression(cls, v: str | None) -> str | None:
+        # Refuse a bad or hostile expression when the config loads, before any work starts.
+        if v is not None:
+            try:
+                check_expression(v)
+            except ConfigError as e:
+                raise ValueError(str(e)) from None
+        return v
+
     @model_validator(mode="after")
     def _one_source(self) -> "MaskConfig":
         n = (self.volume is not None) + bool(self.image) + (self.expression is not None)
@@ -164,7 +177,16 @@ class InferenceRequest(Config):
         if isinstance(v, (int, float)):
             return (v, v, v)
         if isinstance(v, str):
-            return tuple(float(t) for t in v.split(","))
+            v = v.split(",")
+        if isinstance(v, (list, tuple)) and len(v) != 3:
+            raise ValueError(f"voxel_size {v} needs 3 values z,y,x, e.g. 40,8,8")
+        return v
+
+    @field_validator("voxel_size")
+    @classmethod
+    def _voxel_positive(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if not all(s > 0 for s in v):
+            raise ValueError(f"voxel_size {v} must be positive on every axis (z,y,x)")
         return v
 
     @field_validator("device")

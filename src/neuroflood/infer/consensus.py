@@ -100,9 +100,23 @@ def compute_consensus(
     ``clean`` (``split_cc``, ``min_size``, ``connectivity``), if given, is applied to both
     inputs first, as the reference's ``load_segmentation`` does.
     """
+    for name, seg in (("A", seg_a), ("B", seg_b)):
+        _check_labels(name, np.asarray(seg))
+    if np.shape(seg_a) != np.shape(seg_b):
+        raise DataError(f"consensus needs segmentations of one shape, got {np.shape(seg_a)} and {np.shape(seg_b)}")
     a = np.asarray(seg_a).astype(np.uint64)
     b = np.asarray(seg_b).astype(np.uint64)
     if clean:
         clean_up(a, **clean)
         clean_up(b, **clean)
     return split_segmentation_by_intersection(a, b, split_min_size)
+
+
+def _check_labels(name: str, seg: np.ndarray) -> None:
+    """Raise DataError unless ``seg`` is a 3-D volume of non-negative integer ids."""
+    if seg.ndim != 3:
+        raise DataError(f"segmentation {name} has shape {seg.shape}; the consensus needs 3-D (z, y, x) label volumes")
+    if seg.dtype.kind not in "iub":
+        raise DataError(f"segmentation {name} has dtype {seg.dtype}, not integer ids; give a label volume")
+    if seg.dtype.kind == "i" and seg.size and seg.min() < 0:
+        raise DataError(f"segmentation {name} has negative ids; ids must be >= 0")

@@ -18,6 +18,7 @@ autocast) and the TF32 switch for CUDA convolutions.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 from typing import Any
@@ -46,6 +47,45 @@ def resolve_device(name: str = "auto") -> torch.device:
     elif dev.type != "cpu":
         raise ConfigError(f"device {name!r} is not supported; use 'auto', 'cpu' or 'cuda[:N]'")
     return dev
+
+
+def fov_bytes(model: torch.nn.Module) -> int:
+    """Rough memory of one FOV in a forward pass: image, seed and output, plus about three
+    live feature maps of the convolution stack (float32)."""
+    cfg = model.config
+    voxels = int(np.prod(cfg.fov_size))
+    return 4 * voxels * (3 + 3 * int(cfg.features))
+
+
+def device_memory(device: torch.device) -> int:
+    """Total memory of ``device`` in bytes: the GPU's, or this machine's RAM for the CPU."""
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device.index or 0).total_memory)
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+def check_batch_memory(model: torch.nn.Module, batch_size: int, device: str = "auto") -> None:
+    """Raise ConfigError if ``batch_size`` FOVs cannot fit in the memory of ``device``.
+
+    A batch is allocated as one block: a size beyond the machine would otherwise fail deep
+    inside torch with a traceback, after the image was read.
+    """
+    dev = resolve_device(device)
+    per_fov, total = fov_bytes(model), device_memory(dev)
+    if batch_size * per_fov > total:
+        raise ConfigError(
+            f"batch_size {batch_size} needs about {_size(batch_size * per_fov)} of memory (about {_size(per_fov)} per FOV "
+            f"of {tuple(model.config.fov_size)} voxels), more than the {_size(total)} of {dev}; "
+            f"use batch_size {max(1, total // per_fov // 2)} or less"
+        )
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} PiB"
 
 
 class _Runner:
@@ -197,6 +237,8 @@ class BatchedExecutor:
     ):
         if batch_size < 1:
             raise ConfigError(f"batch_size {batch_size} must be >= 1")
+        if hasattr(model, "config"):
+            check_batch_memory(model, batch_size, device)
         self.runner = _Runner(model, device, precision, tf32)
         self.batch_size = int(batch_size)
         self._cond = threading.Condition()
@@ -253,14 +295,16 @@ class BatchedExecutor:
         shape = batch[0].image.shape
         if any(r.image.shape != shape for r in batch):
             raise ValueError("all FOV requests of one executor must have the same shape")
-        if shape not in self._bufs:
+        n = len(batch)
+        if shape not in self._bufs or len(self._bufs[shape][0]) < n:
+            # as many rows as the clients can fill, not batch_size: one Canvas fills one
+            rows = min(self.batch_size, max(n, self._active))
             pin = self.runner.device.type == "cuda"
             self._bufs[shape] = (
-                torch.empty((self.batch_size, *shape), dtype=torch.float32, pin_memory=pin),
-                torch.empty((self.batch_size, *shape), dtype=torch.float32, pin_memory=pin),
+                torch.empty((rows, *shape), dtype=torch.float32, pin_memory=pin),
+                torch.empty((rows, *shape), dtype=torch.float32, pin_memory=pin),
             )
         img_t, seed_t = self._bufs[shape]
-        n = len(batch)
         img_np, seed_np = img_t.numpy(), seed_t.numpy()
         for i, req in enumerate(batch):
             img_np[i] = req.image

@@ -14,22 +14,26 @@ import json
 import os
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 
 from ..bbox import BoundingBox
 from ..errors import ConfigError, DataError, VolumeError
+from ..outputs import exclusive
 from ..volume import open_volume
 from .canvas import Canvas, Origin
 from .config import InferenceRequest, MaskConfig
-from .executor import BatchedExecutor, make_executor
+from .executor import BatchedExecutor, check_batch_memory, make_executor
+from .expression import evaluate_expression
 from .movement import MOVEMENT_POLICIES, MovementRestrictor
 from .seeds import check_seed_policy
 from .storage import (
+    _output_kind,
     check_output,
     default_checkpoint_path,
     load_checkpoint,
@@ -123,6 +127,20 @@ def validate(model: torch.nn.Module, shape: Sequence[int], request: InferenceReq
     score = request.movement_policy_args.get("score_threshold")
     if score is not None and not 0 < float(score) < 1:
         raise ConfigError(f"movement_policy_args.score_threshold {score} must be a probability in (0, 1)")
+    check_batch_memory(model, request.batch_size, request.device)
+
+
+def check_finite(image: np.ndarray, corner: Sequence[int] = (0, 0, 0)) -> None:
+    """Raise DataError if a float image holds NaN or infinite values (the network would turn
+    them into NaN logits, and nothing would be segmented without a word)."""
+    if image.dtype.kind not in "fc" or bool(np.isfinite(image).all()):
+        return
+    bad = np.argwhere(~np.isfinite(image))
+    first = tuple(int(c + v) for c, v in zip(corner, bad[0]))
+    raise DataError(
+        f"the image has {len(bad)} NaN or infinite values in the box at {tuple(int(c) for c in corner)} "
+        f"(the first at z,y,x = {first}); replace them, e.g. with the image mean, before segmenting"
+    )
 
 
 def build_mask(configs: Sequence[MaskConfig], image: np.ndarray, corner: Sequence[int]) -> np.ndarray | None:
@@ -135,12 +153,8 @@ def build_mask(configs: Sequence[MaskConfig], image: np.ndarray, corner: Sequenc
     for cfg in configs:
         if cfg.expression is not None:
             z, y, x = np.ogrid[tuple(slice(c, c + s) for c, s in zip(corner, shape))]
-            try:
-                # The config's author writes this expression; no builtins are exposed to it.
-                m = eval(cfg.expression, {"__builtins__": {}}, {"np": np, "z": z, "y": y, "x": x})  # noqa: S307
-            except Exception as e:
-                raise ConfigError(f"mask expression {cfg.expression!r} failed: {type(e).__name__}: {e}") from None
-            m = np.broadcast_to(np.asarray(m, bool), shape)
+            # Configs come from other labs: never eval; a checked arithmetic grammar only.
+            m = np.broadcast_to(np.asarray(evaluate_expression(cfg.expression, z, y, x), bool), shape)
         else:
             if cfg.image:
                 values = image
@@ -228,6 +242,7 @@ def segment_subvolume(
     request = as_request(request)
     image = np.asarray(image)
     validate(model, image.shape, request)
+    check_finite(image, corner)
     t0 = time.perf_counter()
     norm = normalize_image(model, image, request)
     if mask is None:
@@ -467,30 +482,64 @@ def segment_volume(
             "model": json.loads(model.config.model_dump_json()),
             "request": _request_key(request),
         }
-        if check_output(out_spec, key, overwrite=overwrite):
-            summary = dict(read_output(out_spec)["meta"].get("summary", {}))
-            summary["skipped"] = True
+        # One writer from the look at the output to its last byte: two runs with different
+        # requests would otherwise both find it empty and one result would silently win.
+        with hold_output(out_spec):
+            if check_output(out_spec, key, overwrite=overwrite):
+                summary = dict(read_output(out_spec)["meta"].get("summary", {}))
+                summary["skipped"] = True
+                _write_summary(summary_path, summary)
+                return summary
+            image = vol[box.to_slices()]
+            vol.close()
+            ckpt = os.fspath(checkpoint_path) if checkpoint_path is not None else default_checkpoint_path(out_spec)
+            result = segment_subvolume(
+                model, image, request, corner=box.start, checkpoint_path=ckpt, checkpoint_key=key, progress=progress,
+            )
+            summary = result.summary()
+            summary.update({"image": image_spec, "bbox": _fmt_box(box), "out": out_spec})
+            if model_path:
+                summary["model_path"] = model_path
+            meta = {"request": key, "corner_zyx": list(box.start), "summary": summary, "counters": result.counters}
+            write_output(
+                out_spec, result.segmentation, origins=result.origins, overlaps=result.overlaps,
+                qprob=result.qprob, meta=meta, overwrite=True,
+            )
             _write_summary(summary_path, summary)
             return summary
-        image = vol[box.to_slices()]
     finally:
         vol.close()
 
-    ckpt = os.fspath(checkpoint_path) if checkpoint_path is not None else default_checkpoint_path(out_spec)
-    result = segment_subvolume(
-        model, image, request, corner=box.start, checkpoint_path=ckpt, checkpoint_key=key, progress=progress,
-    )
-    summary = result.summary()
-    summary.update({"image": image_spec, "bbox": _fmt_box(box), "out": out_spec})
-    if model_path:
-        summary["model_path"] = model_path
-    meta = {"request": key, "corner_zyx": list(box.start), "summary": summary, "counters": result.counters}
-    write_output(
-        out_spec, result.segmentation, origins=result.origins, overlaps=result.overlaps,
-        qprob=result.qprob, meta=meta, overwrite=True,
-    )
-    _write_summary(summary_path, summary)
-    return summary
+
+def output_lock_target(out_spec: str) -> str:
+    """What one run owns of an output spec: the HDF5 or npz file (its datasets share it), or
+    the zarr array (arrays of one zarr are separate directories)."""
+    kind, path, name = _output_kind(out_spec)
+    return f"{path.rstrip('/')}/{name}" if kind == "zarr" else path
+
+
+@contextmanager
+def hold_output(out_spec: str, target: str | None = None) -> Iterator[None]:
+    """:func:`~neuroflood.outputs.exclusive` on ``out_spec`` for the whole run.
+
+    A second run on the same output is refused with one line. Folders made only to hold the
+    lock are removed again if the run fails before writing into them.
+    """
+    target = target or output_lock_target(out_spec)
+    made = []
+    parent = Path(os.path.abspath(target)).parent
+    while not parent.exists():
+        made.append(parent)
+        parent = parent.parent
+    try:
+        with exclusive(target, f"--out {out_spec}"):
+            yield
+    finally:
+        for folder in made:  # deepest first; a folder with the output in it stays
+            try:
+                folder.rmdir()
+            except OSError:
+                break
 
 
 def _fmt_box(box: BoundingBox) -> str:
@@ -503,8 +552,11 @@ def _write_summary(path: str | os.PathLike | None, summary: dict[str, Any]) -> N
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # only left if the write or the rename failed
 
 
 __all__ = [

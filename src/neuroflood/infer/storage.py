@@ -162,7 +162,14 @@ def write_output(
     meta: dict[str, Any] | None = None,
     overwrite: bool = False,
 ) -> None:
-    """Write a segmentation result; the segmentation array last, each array atomically."""
+    """Write a segmentation result: all of it, or (on failure) none of it.
+
+    Every array is first written under a hidden temporary name beside its final one, then
+    they are renamed into place, the segmentation last (when it exists, the result is
+    complete). A failure while writing (a full disk) removes the temporaries and leaves an
+    earlier result at ``out_spec`` whole; a stale probability map of an earlier result is
+    removed when this one has none.
+    """
     kind, path, name = _output_kind(out_spec)
     seg = to_output_ids(segmentation)
     meta = {"format": FORMAT, "version": VERSION, **(meta or {})}
@@ -174,12 +181,91 @@ def write_output(
             arrays["qprob"] = qprob
         atomic_savez(path, arrays)
         return
-    if qprob is not None:
-        write_volume(_sibling(kind, path, name, "_prob"), qprob, overwrite=True)
     info_bytes = np.frombuffer(info.encode(), np.uint8)
-    write_volume(_sibling(kind, path, name, "_info"), info_bytes, chunks=(len(info_bytes),), overwrite=True)
-    target = f"{path}:{name}" if kind == "h5" else f"{path}/{name}"
-    write_volume(target, seg, overwrite=True, attrs={"neuroflood": meta_json})
+    parts = [("_prob", qprob, {}), ("_info", info_bytes, {"chunks": (len(info_bytes),)}),
+             ("", seg, {"attrs": {"neuroflood": meta_json}})]
+    existed = os.path.exists(path)
+    staged: list[tuple[str, str]] = []  # (temporary member, final member)
+    try:
+        for suffix, data, kw in parts:
+            if data is None:
+                continue
+            final = f"{name}{suffix}"
+            head, sep, tail = final.rpartition("/")
+            tmp = f"{head}{sep}.{tail}.tmp-{os.getpid()}"
+            staged.append((tmp, final))
+            write_volume(_member(kind, path, tmp), data, overwrite=True, **kw)
+        _commit(kind, path, staged, stale=[] if qprob is not None else [f"{name}_prob"])
+        staged = []
+    finally:
+        if staged:
+            _discard_staged(kind, path, [t for t, _ in staged], remove_file=not existed)
+
+
+def _member(kind: str, path: str, member: str) -> str:
+    return f"{path}:{member}" if kind == "h5" else f"{path}/{member}"
+
+
+def _commit(kind: str, path: str, staged: list[tuple[str, str]], stale: list[str]) -> None:
+    """Rename staged arrays into place (in order; the segmentation is last) and drop ``stale``."""
+    if kind == "h5":
+        import h5py
+
+        with h5py.File(path, "a") as f:
+            for member in stale:
+                if member in f:
+                    del f[member]
+            for tmp, final in staged:
+                if final in f:
+                    del f[final]
+                f.move(tmp, final)
+        return
+    root = Path(path)
+    for member in stale:
+        if (root / member).exists():
+            _remove_tree(root / member)
+    for tmp, final in staged:
+        src, dst = root / tmp, root / final
+        if dst.exists():  # swap: the old array is renamed away before it is deleted
+            old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+            os.replace(dst, old)
+            os.replace(src, dst)
+            _remove_tree(old)
+        else:
+            os.replace(src, dst)
+
+
+def _discard_staged(kind: str, path: str, members: list[str], remove_file: bool) -> None:
+    """Best-effort removal of staged arrays after a failure (the failure itself propagates)."""
+    try:
+        if kind == "h5":
+            if remove_file:  # the file was made for this output: nothing else is in it
+                os.unlink(path)
+                return
+            import h5py
+
+            with h5py.File(path, "a") as f:
+                for member in members:
+                    if member in f:
+                        del f[member]
+            return
+        for member in members:
+            _remove_tree(Path(path) / member)
+    except Exception:  # noqa: BLE001 - never hide the error that got us here
+        pass
+
+
+def _remove_tree(path: Path) -> None:
+    """``rmtree`` that also wins against zarr's chunk writers still finishing in threads
+    after a failed write (they recreate their folders); gives up quietly after a second."""
+    import shutil
+    import time
+
+    for _ in range(20):
+        shutil.rmtree(path, ignore_errors=True)
+        if not path.exists():
+            return
+        time.sleep(0.05)
 
 
 def read_output(out_spec: str) -> dict[str, Any]:
@@ -255,7 +341,11 @@ def load_segmentation(
 
 # -- atomic files and inference checkpoints ------------------------------------------------
 def atomic_savez(path: str | os.PathLike, arrays: dict[str, np.ndarray], compress: bool = True) -> None:
-    """``np.savez[_compressed]`` to a temporary file beside ``path``, then rename."""
+    """``np.savez[_compressed]`` to a temporary file beside ``path``, then rename.
+
+    On failure (e.g. a full disk: ``OSError`` ENOSPC, naming ``path``) the temporary file is
+    removed and an existing ``path`` is untouched.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -263,6 +353,10 @@ def atomic_savez(path: str | os.PathLike, arrays: dict[str, np.ndarray], compres
         with os.fdopen(fd, "wb") as f:
             (np.savez_compressed if compress else np.savez)(f, **arrays)
         os.replace(tmp, path)
+    except OSError as e:
+        if e.errno is not None and e.filename is None:  # a failed write names no file: name ours
+            raise OSError(e.errno, e.strerror, str(path)) from e
+        raise
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -283,14 +377,48 @@ def save_checkpoint(
     atomic_savez(path, state)
 
 
+# What Canvas.state_dict always writes, plus the request: a file without them is not ours.
+_CHECKPOINT_KEYS = (
+    "request", "segmentation", "seed", "min_pos", "max_pos", "max_id", "partial_segment_iters", "history",
+    "history_deleted", "origin_ids", "origin_start", "origin_iters", "origin_seconds", "overlaps",
+    "local_to_global", "counters",
+)
+
+
 def load_checkpoint(path: str | os.PathLike, request: dict[str, Any]) -> dict[str, np.ndarray]:
-    """Read a checkpoint written for ``request``; another request's checkpoint is an error."""
+    """Read a checkpoint written for ``request``; another request's checkpoint is an error.
+
+    A file that is not such a checkpoint (damaged, truncated by a copy, another program's)
+    raises :class:`CheckpointError` saying so and how to start over, not numpy's own text
+    (e.g. its advice about ``allow_pickle``).
+    """
+    def corrupt(why: str) -> CheckpointError:
+        return CheckpointError(
+            f"inference checkpoint {path} is corrupt or not written by neuroflood segment ({why}); "
+            "delete it and rerun to segment this subvolume from the start"
+        )
+
     try:
+        with open(path, "rb") as raw:
+            if raw.read(4) != b"PK\x03\x04":  # every .npz is a zip archive
+                raise corrupt("not an .npz archive")
         with np.load(path, allow_pickle=False) as f:
             state = {k: f[k] for k in f.files}
-    except (OSError, ValueError, EOFError) as e:
-        raise CheckpointError(f"inference checkpoint {path} is unreadable ({e}); delete it to start over") from None
-    saved = json.loads(str(state.pop("request", "{}")))
+    except CheckpointError:
+        raise
+    except OSError as e:
+        if e.errno is None:  # zipfile and zlib failures of a damaged archive
+            raise corrupt("a damaged .npz archive") from None
+        raise CheckpointError(f"inference checkpoint {path} cannot be read ({e.strerror}); check the path and its permissions") from None
+    except Exception:  # BadZipFile, zlib.error, EOFError, ValueError (pickled objects): all damage
+        raise corrupt("a damaged .npz archive, or one holding Python objects") from None
+    missing = [k for k in _CHECKPOINT_KEYS if k not in state]
+    if missing:
+        raise corrupt(f"it lacks {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}")
+    try:
+        saved = json.loads(str(state.pop("request")))
+    except ValueError:
+        raise corrupt("its request is not JSON") from None
     if saved != request:
         keys = differences(saved, request)
         raise CheckpointError(

@@ -48,6 +48,10 @@ def run_batch_size(
     bad = [g for g in global_batches if g % batch_size or g < batch_size]
     if bad:
         raise ConfigError(f"global batch(es) {bad} are not multiples of the per-worker batch {batch_size}; choose multiples")
+    if global_batches and fovs < max(global_batches):
+        raise ConfigError(f"--fovs {fovs} is less than one step of the global batch {max(global_batches)}; raise --fovs")
+    if evaluations < 1:
+        raise ConfigError(f"--evaluations {evaluations} must be >= 1")
     out = Path(out)
     mcfg = ModelConfig.parse_spec(model)
     data = prepare_synthetic(out / "data", mcfg, size=data_size, seed=seed)

@@ -140,11 +140,49 @@ def _training_kw(args: argparse.Namespace) -> dict[str, Any]:
                 jobs=args.jobs, seed=args.seed, **_kw(args, "model", "data_size"))
 
 
+def _check(args: argparse.Namespace) -> None:
+    """Refuse bad options before any data is made or run started (a study runs for hours)."""
+    import math
+
+    from ..evaluate.report import check_output_dir
+
+    def at_least(name: str, low: int) -> None:
+        value = getattr(args, name.lstrip("-").replace("-", "_"), None)
+        if value is not None and value < low:
+            raise ConfigError(f"{name} must be >= {low}, got {value}")
+
+    def fraction(name: str, value: float | None, low_open: bool, high_open: bool) -> None:
+        if value is None:
+            return
+        ok = math.isfinite(value) and (value > 0 if low_open else value >= 0) and (value < 1 if high_open else value <= 1)
+        if not ok:
+            bounds = f"{'(' if low_open else '['}0, 1{')' if high_open else ']'}"
+            raise ConfigError(f"{name} {value} must be a fraction in {bounds}")
+
+    for name, low in (("--threads", 1), ("--jobs", 1), ("--batch-size", 1), ("--evaluations", 1), ("--eval-examples", 1),
+                      ("--steps", 1), ("--skip-steps", 0), ("--data-size", 1), ("--seed", 0), ("--fovs", 1)):
+        at_least(name, low)
+    if isinstance(getattr(args, "workers", None), int):  # optimizers: one worker count
+        at_least("--workers", 1)
+    fraction("--warmup-fraction", getattr(args, "warmup_fraction", None), low_open=False, high_open=True)
+    fraction("--target-accuracy", getattr(args, "target_accuracy", None), low_open=True, high_open=False)
+    base_lr = getattr(args, "base_lr", None)
+    if base_lr is not None and not (math.isfinite(base_lr) and base_lr > 0):
+        raise ConfigError(f"--base-lr {base_lr} must be a positive learning rate, e.g. 1e-3")
+    from .optimizers import OPTIMIZERS
+
+    if getattr(args, "optimizer", None) is not None and args.optimizer not in OPTIMIZERS:
+        raise ConfigError(f"unknown --optimizer {args.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
+    for name, lr in (getattr(args, "learning_rates", None) or {}).items():
+        if name not in OPTIMIZERS:
+            raise ConfigError(f"--learning-rates names unknown optimizer {name!r}; choose from {', '.join(OPTIMIZERS)}")
+        if not (math.isfinite(lr) and lr > 0):
+            raise ConfigError(f"--learning-rates {name}={lr} must be a positive learning rate")
+    check_output_dir(args.out)
+
+
 def _start(args: argparse.Namespace) -> None:
-    if args.threads < 1:
-        raise ConfigError(f"--threads must be >= 1, got {args.threads}")
-    if getattr(args, "jobs", 1) < 1:
-        raise ConfigError(f"--jobs must be >= 1, got {args.jobs}")
+    _check(args)
     import torch
 
     torch.set_num_threads(args.threads)  # once, at process start (emulated runs in this process)

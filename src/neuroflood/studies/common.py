@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -53,10 +54,10 @@ def prepare_synthetic(work: str | os.PathLike, model: ModelConfig, size: int = 8
     from ..volume import write_volume
 
     work = Path(work)
-    work.mkdir(parents=True, exist_ok=True)
     radius = [f // 2 + d for f, d in zip(model.fov_size, model.deltas)]
     if size < 2 * max(radius) + 8:
         raise ConfigError(f"--data-size {size} is too small for FOV {tuple(model.fov_size)} and deltas {tuple(model.deltas)}; use at least {2 * max(radius) + 8}")
+    work.mkdir(parents=True, exist_ok=True)
     options: dict[str, Any] = {"images": {}, "labels": {}}
     for name, s, key in (("train", seed, "coords"), ("heldout", seed + 1, "eval_coords")):
         h5, coords = work / f"{name}-{size}-{s}.h5", work / f"{name}-{size}-{s}-r{'_'.join(map(str, radius))}.nfc"
@@ -98,7 +99,13 @@ def _in_process(options: dict[str, Any]) -> None:
 
     options = dict(options)
     model = ModelConfig(**options.pop("model"))
-    train(TrainConfig.build(options, {"model": model}))
+    result = train(TrainConfig.build(options, {"model": model}))
+    # train() turns SIGINT/SIGTERM into a clean stop of this run; the study must stop too,
+    # not go on with the next run.
+    if result.stopped_by == "SIGINT":
+        raise KeyboardInterrupt
+    if result.stopped_by == "SIGTERM":
+        raise SystemExit(128 + signal.SIGTERM)
 
 
 def launch_command(launcher: str | None, workers: int, threads: int) -> list[str]:
@@ -134,9 +141,9 @@ def execute(options: dict[str, Any], workers: int = 1, mode: str = "emulated", l
         cfg.write_text(json.dumps({**options, "threads": threads}))
         cmd = [*launch_command(launcher, workers, threads), "--config", str(cfg)]
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-        done = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        if done.returncode != 0:
-            raise ConfigError(f"training run {run_dir} failed (exit {done.returncode}): {done.stderr.strip()[-1500:]}")
+        returncode, stderr = _run_group(cmd, env)
+        if returncode != 0:
+            raise ConfigError(f"training run {run_dir} failed (exit {returncode}): {stderr.strip()[-1500:]}")
     else:
         raise ConfigError(f"unknown --mode {mode!r}; use emulated or real")
     records = [json.loads(s) for s in (run_dir / "metrics.jsonl").read_text().splitlines() if s.strip()]
@@ -147,10 +154,64 @@ def execute(options: dict[str, Any], workers: int = 1, mode: str = "emulated", l
     }
 
 
+def _run_group(cmd: list[str], env: dict[str, str], grace_s: float = 10.0) -> tuple[int, str]:
+    """Run ``cmd`` in a process group of its own; (exit status, stderr).
+
+    If this process is interrupted or terminated meanwhile, the whole group (a launcher and
+    the ranks it started) gets SIGTERM, then SIGKILL after ``grace_s`` seconds: no rank
+    outlives the study.
+    """
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _, stderr = proc.communicate()
+        return proc.returncode, stderr
+    except BaseException:
+        for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(proc.pid, sig)
+                proc.wait(wait)
+                break
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                continue
+        raise
+
+
 def _worker_init(threads: int) -> None:
     import torch
 
+    # Ctrl-C reaches every process of the terminal's group: the study (the parent) decides,
+    # and stops its workers itself (see _run_pool).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(threads)  # once, at the start of each pool process
+
+
+def _run_pool(args: list[tuple], parallel: int, threads: int, bar: Any) -> list[dict[str, Any]]:
+    """``execute(*a)`` for each of ``args`` in ``parallel`` spawned processes, in order.
+
+    On any exception, KeyboardInterrupt and SystemExit (SIGTERM) included, the workers are
+    killed and reaped before it propagates: their runs are throw-away, and a pool left to
+    finish its queue would keep the study alive for as long as a run takes.
+    """
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    before = set(multiprocessing.active_children())
+    pool = ProcessPoolExecutor(parallel, mp_context=ctx, initializer=_worker_init, initargs=(threads,))
+    out: list[dict[str, Any]] = []
+    try:
+        for r in pool.map(_execute_star, args):
+            out.append(r)
+            bar.update(1)
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        workers = [p for p in multiprocessing.active_children() if p not in before]
+        for p in workers:
+            p.kill()
+        for p in workers:
+            p.join(10)
+        raise
+    pool.shutdown(wait=True)
+    return out
 
 
 def _execute_star(args: tuple) -> dict[str, Any]:
@@ -178,13 +239,7 @@ def execute_all(
                 out.append(execute(*a))
                 bar.update(1)
         else:
-            import multiprocessing
-
-            ctx = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(parallel, mp_context=ctx, initializer=_worker_init, initargs=(threads,)) as pool:
-                for r in pool.map(_execute_star, args):
-                    out.append(r)
-                    bar.update(1)
+            out = _run_pool(args, parallel, threads, bar)
     finally:
         bar.close()
     return out

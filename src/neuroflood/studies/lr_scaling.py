@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..config import ModelConfig
+from ..errors import ConfigError
 from .common import STUDY_MODEL, base_options, execute_all, machine, prepare_synthetic, write_json
 from .figures import plot_lr_scaling
 
@@ -47,6 +48,11 @@ def run_lr_scaling(
     The LR grid is ``base_lr × lr_factors`` at every N (absolute learning rates, no scaling
     rule applied), so that the best LR per N can be compared with the rules afterwards.
     """
+    if workers and fovs < max(workers) * batch_size:
+        raise ConfigError(
+            f"--fovs {fovs} is less than one step of {max(workers)} workers × {batch_size} FOVs; raise --fovs to at least "
+            f"{max(workers) * batch_size}"
+        )
     out = Path(out)
     mcfg = ModelConfig.parse_spec(model)
     data = prepare_synthetic(out / "data", mcfg, size=data_size, seed=seed)

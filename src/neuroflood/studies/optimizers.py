@@ -52,12 +52,14 @@ def run_optimizers(
     if unknown:
         raise ConfigError(f"unknown optimizer(s) {unknown}; choose from {', '.join(OPTIMIZERS)}")
     lrs = {**DEFAULT_LRS, **(learning_rates or {})}
-    out = Path(out)
-    mcfg = ModelConfig.parse_spec(model)
-    data = prepare_synthetic(out / "data", mcfg, size=data_size, seed=seed)
+    if evaluations < 1:
+        raise ConfigError(f"--evaluations {evaluations} must be >= 1")
     steps = fovs // (workers * batch_size)
     if steps < 1:
         raise ConfigError(f"--fovs {fovs} is less than one step of {workers} × {batch_size} FOVs; raise --fovs")
+    out = Path(out)
+    mcfg = ModelConfig.parse_spec(model)
+    data = prepare_synthetic(out / "data", mcfg, size=data_size, seed=seed)
     jobs_list, meta = [], []
     for opt in optimizers:
         for warm in (False, True):
