@@ -109,7 +109,11 @@ def write_coordinates(
     volume_names: Sequence[str],
     meta: dict[str, Any] | None = None,
 ) -> Path:
-    """Write coordinates atomically (temporary file, then rename)."""
+    """Write coordinates atomically (temporary file, then rename).
+
+    On failure (e.g. a full disk: ``OSError`` ENOSPC, naming ``path``) the temporary file is
+    removed and an existing ``path`` is untouched.
+    """
     path = Path(path)
     centers = np.asarray(centers_zyx)
     if centers.ndim != 2 or centers.shape[1] != 3:
@@ -133,6 +137,10 @@ def write_coordinates(
             f.write(b"\0" * (_data_offset(len(header)) - 12 - len(header)))
             f.write(rec.tobytes())
         os.replace(tmp, path)
+    except OSError as e:
+        if e.errno is not None and e.filename is None:  # a failed write names no file: name ours
+            raise OSError(e.errno, e.strerror, str(path)) from e
+        raise
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -8,16 +8,24 @@ Layout of ``RUN_DIR/checkpoints/step-00001234/``::
                      torch RNG state, generator states, wall time (loaded with
                      ``weights_only=True``: nothing is unpickled)
 
-A checkpoint is written under a temporary name and renamed into place, so a directory named
-``step-*`` is always complete. Retention follows TensorFlow's Saver: the newest ``keep_last``
-plus, among older ones, one per ``keep_every_hours`` (those carry a ``KEEP`` marker).
+A checkpoint is written under a temporary name and renamed into place, and an old one is
+renamed away before it is deleted, so a directory named ``step-*`` is always complete, even
+when the process is killed at any instant. Temporary names carry the writer's pid and host
+(``.step-00001234.tmp-PID@HOST-XXXX``); what a killed writer left behind is removed by the
+next save on that host. Files are written by Python (``torch.save`` into memory first), so a
+full disk is an ``OSError`` (ENOSPC) naming the file, and the previous checkpoint is kept.
+Retention follows TensorFlow's Saver: the newest ``keep_last`` plus, among older ones, one
+per ``keep_every_hours`` (those carry a ``KEEP`` marker).
 """
 
 from __future__ import annotations
 
+import errno
+import io
 import os
 import re
 import shutil
+import socket
 import tempfile
 import time
 from dataclasses import dataclass
@@ -31,6 +39,8 @@ from ..model import FFNModel, load_model, save_model
 
 CHECKPOINTS = "checkpoints"
 _NAME = re.compile(r"^step-(\d{8,})$")
+# Temporary (being written) and trash (being deleted) directories: .step-N.(tmp|del)-PID@HOST-X
+_SCRATCH = re.compile(r"^\.step-\d{8,}\.(?:tmp|del)-(\d+)@(.+)-[A-Za-z0-9_]*$")
 
 
 @dataclass
@@ -61,21 +71,83 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
 
 
 def save_checkpoint(run_dir: str | os.PathLike, model: FFNModel, state: dict[str, Any], provenance: dict | None = None) -> Path:
-    """Write ``state`` (must hold ``step``) and ``model`` atomically; returns the directory."""
+    """Write ``state`` (must hold ``step``) and ``model`` atomically; returns the directory.
+
+    On any failure (a full disk: ``OSError`` ENOSPC) the temporary directory is removed and
+    the checkpoints already there are untouched.
+    """
     root = Path(run_dir) / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
+    _remove_stale_scratch(root)
     final = root / f"step-{int(state['step']):08d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=root))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-{_owner()}-", dir=root))
     try:
-        save_model(model, tmp / "model", provenance={"step": int(state["step"]), **(provenance or {})})
-        torch.save({**state, "time": time.time()}, tmp / "state.pt")
+        try:
+            save_model(model, tmp / "model", provenance={"step": int(state["step"]), **(provenance or {})})
+        except Exception as e:
+            raise _as_os_error(e, tmp / "model" / "model.safetensors") from e
+        buffer = io.BytesIO()  # torch.save reports a full disk only as an obscure RuntimeError
+        torch.save({**state, "time": time.time()}, buffer)
+        _write_durably(tmp / "state.pt", buffer.getbuffer())
         if final.exists():  # the same step saved again (e.g. at the end right after a periodic save)
-            shutil.rmtree(final)
+            _discard(final)
         os.replace(tmp, final)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def _owner() -> str:
+    return f"{os.getpid()}@{socket.gethostname()}"
+
+
+def _write_durably(path: Path, data: memoryview) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())  # some file systems report a full disk only here
+
+
+def _as_os_error(e: Exception, path: Path) -> Exception:
+    """safetensors reports I/O failures as ``SafetensorError("... (os error 28)")``: make
+    that the ``OSError`` it is, so that the CLI says "No space left on device" on one line."""
+    if isinstance(e, OSError):
+        return e
+    m = re.search(r"os error (\d+)", str(e))
+    if not m:
+        return e
+    code = int(m.group(1))
+    return OSError(code, os.strerror(code) if code in errno.errorcode else str(e), str(path))
+
+
+def _discard(path: Path) -> None:
+    """Delete a checkpoint directory: rename it out of sight first, so that a kill during the
+    deletion never leaves a half-deleted ``step-*`` behind."""
+    trash = path.with_name(f".{path.name}.del-{_owner()}-{os.urandom(4).hex()}")
+    os.replace(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _remove_stale_scratch(root: Path) -> None:
+    """Remove temporary and trash directories of writers on this host that no longer run."""
+    host = socket.gethostname()
+    for p in root.iterdir():
+        m = _SCRATCH.match(p.name)
+        if m and m.group(2) == host and not _alive(int(m.group(1))):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
 
 
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> TrainingCheckpoint:
@@ -108,8 +180,11 @@ def prune_checkpoints(run_dir: str | os.PathLike, keep_last: int, keep_every_hou
             (p / "KEEP").touch()
             anchor = t
         else:
-            shutil.rmtree(p, ignore_errors=True)
+            _discard(p)
 
 
 def _saved_time(path: Path) -> float:
-    return (path / "state.pt").stat().st_mtime
+    try:
+        return (path / "state.pt").stat().st_mtime
+    except FileNotFoundError:  # damaged by hand (or by an older version killed mid-delete)
+        return path.stat().st_mtime
