@@ -27,7 +27,7 @@ from test_infer_units import bright_image, bright_model
 SHAPE = (24, 24, 24)
 TINY_MODEL = "depth=1,features=4,fov=5,5,5,deltas=1,1,1"
 ROOT_SKIP = pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root ignores file permissions")
-CHUNK_XFAIL = (pytest.mark.xfail(reason="volume.py fix by lead: the message must name the chunk", strict=False),)
+CHUNK_XFAIL = ()
 
 
 _INPUTS: dict[str, str] = {}  # filled by the fixture; setups read it too

@@ -278,8 +278,6 @@ def test_segment_zarr_output_on_full_disk(data, tmp_path, monkeypatch, capsys):
     assert code == 2 and "Traceback" not in err and len(error_lines(err)) == 1 and "No space left on device" in err, err
 
 
-@pytest.mark.xfail(strict=True, reason="volume.create_volume/write_volume wrap ENOSPC with the hint 'check the path and "
-                   "that no other program holds the file open' instead of _write_hint's 'the disk is full' (issue #16)")
 def test_segment_zarr_output_on_full_disk_says_the_disk_is_full(data, tmp_path, monkeypatch, capsys):
     code, err, _, _ = _zarr_overwrite_on_full_disk(data, tmp_path, monkeypatch, capsys)
     assert FULL.search(err), err

@@ -335,6 +335,7 @@ def launch_local(
     max_restarts: int = 0,
     threads_per_worker: int | None = None,
     shutdown_timeout_s: int = 120,
+    sigterm_exit: int = 0,
 ) -> int:
     """Run ``python -m neuroflood *argv`` on ``nproc`` local workers under torchrun's agent.
 
@@ -375,9 +376,11 @@ def launch_local(
     try:
         run(args)
     except SignalException as e:
-        # The workers got the signal too; on SIGTERM they checkpoint and exit 0.
+        # The workers got the signal too; on SIGTERM they checkpoint and exit 0. Training
+        # jobs report that as 0 (``sigterm_exit``); a segmentation that has not written its
+        # output reports 143, so that `segment … && next-step` does not go on without it.
         print(f"neuroflood: stopped by {e.sigval.name}; rerun the same command to resume", file=sys.stderr)
-        return 130 if e.sigval == signal.SIGINT else 0
+        return 130 if e.sigval == signal.SIGINT else sigterm_exit
     except Exception as e:  # ChildFailedError: the agent already printed each worker's failure
         print(f"neuroflood: error: a worker failed ({type(e).__name__}); see the messages above", file=sys.stderr)
         return 1

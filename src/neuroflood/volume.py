@@ -272,6 +272,35 @@ class ZarrVolume(_WrappedArrayVolume):
         self._arr = array
         super().__init__(spec, array.shape, array.dtype, writable)
 
+    def _read(self, slices):
+        try:
+            return self._arr[slices]
+        except Exception as e:
+            # zarr reads chunks concurrently on an asyncio loop; after one fails the others
+            # are abandoned and asyncio logs each of them at exit. The failure is reported
+            # here, once, naming the first chunk that cannot be read.
+            import logging
+
+            logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+            chunk = self._first_bad_chunk(slices)
+            where = f"chunk {'.'.join(map(str, chunk))} of " if chunk else ""
+            raise VolumeError(
+                f"cannot read {self.spec}: {where}region {_region(slices)}: {_short(e)}; "
+                "the chunk is corrupt or incomplete: rewrite the array or restore it from a copy"
+            ) from e
+
+    def _first_bad_chunk(self, slices) -> tuple[int, ...] | None:
+        chunks = tuple(self._arr.chunks)
+        ranges = [range(s.start // c, -(-s.stop // c)) for s, c in zip(slices, chunks)]
+        for idx in np.ndindex(*[len(r) for r in ranges]):
+            key = tuple(r[i] for r, i in zip(ranges, idx))
+            box = tuple(slice(k * c, min((k + 1) * c, n)) for k, c, n in zip(key, chunks, self.shape))
+            try:
+                self._arr[box]
+            except Exception:
+                return key
+        return None
+
 
 class TensorstoreVolume(Volume):
     """N5 and neuroglancer precomputed (whose stored x, y, z[, c] axes are shown as z, y, x[, c])."""
@@ -543,7 +572,7 @@ def create_volume(
     except VolumeError:
         raise
     except OSError as e:
-        raise VolumeError(f"cannot create {os.fspath(spec)!r}: {e}; check the path and that no other program holds the file open") from e
+        raise VolumeError(f"cannot create {os.fspath(spec)!r}: {e}; {_write_hint(e)}") from e
 
 
 def _create_volume(
@@ -677,7 +706,22 @@ def write_volume(
     except VolumeError:
         raise
     except OSError as e:
-        raise VolumeError(f"cannot write {os.fspath(spec)!r}: {e}; check the path and that no other program holds the file open") from e
+        raise VolumeError(f"cannot write {os.fspath(spec)!r}: {e}; {_write_hint(e)}") from e
+    except RuntimeError as e:  # h5py reports a full disk as "Can't ... (errno = 28 ...)"
+        if "errno = 28" not in str(e):
+            raise
+        raise VolumeError(f"cannot write {os.fspath(spec)!r}: No space left on device; {_write_hint(OSError(28, ''))}") from e
+
+
+def _ensure_space(folder: str, nbytes: int, path: str) -> None:
+    """Raise ENOSPC before writing ``nbytes`` (uncompressed) into ``folder`` if they cannot fit.
+
+    HDF5 (h5py 3.16 / HDF5 2.0) can crash the process when the disk fills during a write, so
+    HDF5 writes check first. Conservative: compression often makes data fit that fails here.
+    """
+    free = shutil.disk_usage(folder).free
+    if nbytes + (1 << 20) > free:
+        raise OSError(28, f"No space left on device ({nbytes / 2**20:.1f} MiB to write, {free / 2**20:.1f} MiB free)", path)
 
 
 def _write_volume(spec: str, data: np.ndarray, chunks, overwrite: bool, attrs: dict | None) -> None:
@@ -687,6 +731,7 @@ def _write_volume(spec: str, data: np.ndarray, chunks, overwrite: bool, attrs: d
 
         path, ds = _split_colon(spec, "dataset")
         Path(path).parent.mkdir(parents=True, exist_ok=True)
+        _ensure_space(os.path.dirname(os.path.abspath(path)), data.nbytes, path)
         if os.path.exists(path):
             with h5py.File(path, "a") as f:
                 if ds in f and not overwrite:

@@ -290,8 +290,8 @@ def _load_block(paths: JobPaths, i: int, after_round: int | None = None) -> np.n
     rounds = sorted((int(p.name) for p in (paths.work / "handover").glob("*") if p.name.isdigit()), reverse=True)
     for k in rounds:
         if (after_round is None or k <= after_round) and (paths.handover(k) / f"{i}.done").exists():
-            return np.load(paths.handover(k) / f"{i}.npz")["segmentation"]
-    return np.load(paths.block_seg(i))["segmentation"]
+            return np.load(paths.handover(k) / f"{i}.npz", allow_pickle=False)["segmentation"]
+    return np.load(paths.block_seg(i), allow_pickle=False)["segmentation"]
 
 
 def run_handover_round(
@@ -323,11 +323,11 @@ def run_handover_round(
         if block.index % info.world_size == info.rank and not target.exists():
             found, sources = handover_seeds(grid, block, lambda i: _load_block(paths, i, round_ - 1), min_voxels, seed_box)
             # a seed that started nothing in an earlier round would start nothing again
-            tried = {tuple(p) for k in range(1, round_) for p in np.load(paths.handover(k) / f"{block.index}.seeds.npz")["seeds"]}
+            tried = {tuple(p) for k in range(1, round_) for p in np.load(paths.handover(k) / f"{block.index}.seeds.npz", allow_pickle=False)["seeds"]}
             fresh = np.array([tuple(p) not in tried for p in found], bool)
             _atomic_savez(target, seeds=found[fresh], sources=sources[fresh])
     barrier()
-    saved = {b.index: np.load(folder / f"{b.index}.seeds.npz") for b in grid}
+    saved = {b.index: np.load(folder / f"{b.index}.seeds.npz", allow_pickle=False) for b in grid}
     seeds = {i: f["seeds"] for i, f in saved.items()}
     handed = [i for i in range(len(grid)) if len(seeds[i])]
     result = BlockwiseResult(blocks=len(handed), blocks_run=[], blocks_skipped=0)
@@ -468,7 +468,7 @@ def reconcile(paths: JobPaths, grid: BlockGrid, rule: OverlapRule) -> tuple[int,
 
 def write_output(paths: JobPaths, grid: BlockGrid, info: DistInfo, attrs: dict | None = None) -> None:
     """Relabel every core through the mapping into ``ROOT.zarr/NAME`` (all ranks share the work)."""
-    m = np.load(paths.work / "mapping.npz")
+    m = np.load(paths.work / "mapping.npz", allow_pickle=False)
     ids, new = m["block_ids"], m["global_ids"]
     n = int(new.max()) if len(new) else 0
     dtype = np.uint8 if n < 2**8 else np.uint16 if n < 2**16 else np.uint32 if n < 2**32 else np.uint64
@@ -552,7 +552,7 @@ def segment_blockwise(
     barrier()
     write_output(paths, grid, info, attrs={"request": json.dumps(request, default=str), "bbox": str(bbox)})
     if info.is_main:
-        result.segments = int(np.load(paths.work / "mapping.npz")["global_ids"].max(initial=0))
+        result.segments = int(np.load(paths.work / "mapping.npz", allow_pickle=False)["global_ids"].max(initial=0))
     result.seconds = time.time() - t0
     return result
 
@@ -826,7 +826,7 @@ def run_cli(args: Any, request: Any) -> int:
         with hold_output(args.out, target):
             os.environ[HELD_OUTPUT_ENV] = target
             try:
-                return launch_local(args.nproc_per_node, strip_launch_args(args.argv), threads_per_worker=args.threads)
+                return launch_local(args.nproc_per_node, strip_launch_args(args.argv), threads_per_worker=args.threads, sigterm_exit=143)
             finally:
                 os.environ.pop(HELD_OUTPUT_ENV, None)
     info = init_distributed(request.device if request.device != "auto" else "auto")

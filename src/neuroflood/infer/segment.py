@@ -204,6 +204,7 @@ def segment_subvolume(
     checkpoint_key: dict[str, Any] | None = None,
     callback: Callable[[str, Canvas], None] | None = None,
     progress: bool = False,
+    keep_checkpoint: bool = False,
 ) -> SegmentationResult:
     """Segment one subvolume ``image`` (z, y, x, raw intensities) with ``model``.
 
@@ -230,6 +231,9 @@ def segment_subvolume(
     checkpoint_key : dict, optional
         Identifies the request in the checkpoint (a checkpoint of another key is refused);
         default: the request itself.
+    keep_checkpoint : bool
+        Leave the last checkpoint in place when done; the caller deletes it once the result
+        is safely written (so a failed output write loses no more than one interval).
     callback : callable, optional
         ``callback(event, canvas)``, see :class:`Canvas`.
     progress : bool
@@ -318,7 +322,7 @@ def segment_subvolume(
         seconds=elapsed_before + time.perf_counter() - t0,
         local_to_global=dict(canvas.local_to_global),
     )
-    if checkpoint_path is not None and os.path.exists(checkpoint_path):
+    if checkpoint_path is not None and not keep_checkpoint and os.path.exists(checkpoint_path):
         os.unlink(checkpoint_path)
     return result
 
@@ -495,6 +499,7 @@ def segment_volume(
             ckpt = os.fspath(checkpoint_path) if checkpoint_path is not None else default_checkpoint_path(out_spec)
             result = segment_subvolume(
                 model, image, request, corner=box.start, checkpoint_path=ckpt, checkpoint_key=key, progress=progress,
+                keep_checkpoint=True,
             )
             summary = result.summary()
             summary.update({"image": image_spec, "bbox": _fmt_box(box), "out": out_spec})
@@ -505,6 +510,8 @@ def segment_volume(
                 out_spec, result.segmentation, origins=result.origins, overlaps=result.overlaps,
                 qprob=result.qprob, meta=meta, overwrite=True,
             )
+            if os.path.exists(ckpt):  # the result is written: the checkpoint has served
+                os.unlink(ckpt)
             _write_summary(summary_path, summary)
             return summary
     finally:

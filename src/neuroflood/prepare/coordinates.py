@@ -238,6 +238,10 @@ def write_coordinate_stream(
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private
         os.replace(tmp, path)
+    except OSError as e:
+        if e.filename is None:  # name the file in the one-line error the CLI prints
+            raise OSError(e.errno, e.strerror, str(path)) from e
+        raise
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
