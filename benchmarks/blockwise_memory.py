@@ -4,7 +4,7 @@
 
 For each size N it writes a synthetic EM image of N^3 voxels (zarr, tile by tile, so making
 it never holds the volume), then runs the whole blockwise job of ``neuroflood segment
---block-size`` (:func:`neuroflood.infer.blockwise.segment_blockwise`: claim blocks, segment,
+--block-size`` (:func:`neuroflood.infer.blockwise.run_blockwise_job`: claim blocks, segment,
 write cores, reconcile, relabel into one zarr) on ``--workers`` fresh processes joined by
 torch.distributed (gloo), and records each worker's peak RSS. Target (issue #7): peak RSS per
 worker at 512^3 <= 1.5x that at 256^3 with the same block size.
@@ -56,7 +56,7 @@ class ThresholdSegmenter:
 
     def extend(self, image: np.ndarray, block, corner, segmentation: np.ndarray, seeds: np.ndarray):
         """Give each seed's bright component among the block's unsegmented voxels a new id."""
-        from neuroflood.infer.blockwise import Extension
+        from neuroflood.infer.block_segmenter import Extension
 
         seg = segmentation.astype(np.int64)
         free = np.where(seg == 0, self._components(image)[block.to_slices()], 0)
@@ -90,7 +90,7 @@ def worker(args: argparse.Namespace) -> None:
     """One rank of the job; writes its peak RSS to ``args.report``."""
     from neuroflood.bbox import BoundingBox
     from neuroflood.distributed import cleanup, init_distributed
-    from neuroflood.infer.blockwise import segment_blockwise
+    from neuroflood.infer.blockwise import run_blockwise_job as segment_blockwise
     from neuroflood.volume import open_volume
 
     import torch

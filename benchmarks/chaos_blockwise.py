@@ -48,31 +48,31 @@ SHAPE = "48,96,96"
 BLOCK, OVERLAP = "20,32,32", "8,8,8"
 
 # Loaded into every Python process of the job (PYTHONPATH); logs each block segmentation
-# started: phase 1 by block index, hand-over runs by the block's context corner.
+# started: phase 1 and hand-over runs by the block's context corner.
 HOOK = '''
 import os
 LOG = os.environ.get("CHAOS_BLOCK_LOG")
 if LOG:
-    import neuroflood.infer.blockwise as bw
+    from neuroflood.infer.block_segmenter import FFNBlockSegmenter
 
     def _log(line):
         with open(LOG, "a") as f:
             f.write(line + "\\n")
 
-    _segment_block = bw._segment_block
+    _call = FFNBlockSegmenter.__call__
 
-    def segment_block(paths, grid, block, *args, **kwargs):
-        _log(f"block {block.index}")
-        return _segment_block(paths, grid, block, *args, **kwargs)
+    def call(self, image, block, corner, *args, **kwargs):
+        _log("block " + ",".join(map(str, corner)))
+        return _call(self, image, block, corner, *args, **kwargs)
 
-    bw._segment_block = segment_block
-    _extend = bw.FFNBlockSegmenter.extend
+    FFNBlockSegmenter.__call__ = call
+    _extend = FFNBlockSegmenter.extend
 
     def extend(self, image, block, corner, *args, **kwargs):
         _log("handover " + ",".join(map(str, corner)))
         return _extend(self, image, block, corner, *args, **kwargs)
 
-    bw.FFNBlockSegmenter.extend = extend
+    FFNBlockSegmenter.extend = extend
 '''
 
 

@@ -22,7 +22,7 @@ import pytest
 from badinput import Case, check_refused
 from neuroflood.volume import write_volume
 
-from test_infer_units import bright_image, bright_model
+from infer_helpers import bright_image, bright_model
 
 SHAPE = (24, 24, 24)
 TINY_MODEL = "depth=1,features=4,fov=5,5,5,deltas=1,1,1"

@@ -13,8 +13,9 @@ from neuroflood.config import ModelConfig
 from neuroflood.distributed import DistInfo
 from neuroflood.errors import ConfigError, DataError, VolumeError
 from neuroflood.infer.blocks import BlockGrid
-from neuroflood.infer.blockwise import BlockFailures, JobPaths, segment_blockwise
+from neuroflood.infer.blockwise import BlockFailures, run_blockwise_job
 from neuroflood.infer.handover import handover_seeds, merge_extension
+from neuroflood.infer.jobfiles import JobPaths
 from neuroflood.infer.reconcile import (
     OverlapRule, apply_mapping, build_mapping, confirmed_pairs, encode, handover_pairs, inblock_pairs, overlap_pairs,
 )
@@ -116,10 +117,10 @@ def test_handover_objects_join_their_source_when_the_other_side_touches_it():
 
 def test_block_peaks_are_the_one_subvolume_peaks_inside_the_canvas():
     """PolicyPeaks in a block: computed beyond the canvas, with the whole box's noise."""
-    from neuroflood.infer.blockwise import PEAKS_CONTEXT, FFNBlockSegmenter, _SeedView
+    from neuroflood.infer.block_segmenter import FFNBlockSegmenter
     from neuroflood.infer.config import InferenceRequest
     from neuroflood.infer.movement import MovementRestrictor
-    from neuroflood.infer.seeds import PolicyPeaks, position_noise, subvolume_noise
+    from neuroflood.infer.seeds import PEAKS_CONTEXT, ImageView, PolicyPeaks, position_noise, subvolume_noise
     from neuroflood.synthetic import make_em_volume
 
     class Model:
@@ -132,12 +133,13 @@ def test_block_peaks_are_the_one_subvolume_peaks_inside_the_canvas():
     assert seg.context == (4 + PEAKS_CONTEXT,) * 3
     read = block.grow(seg.context).clip(image.shape)
     assert read.size[2] < image.shape[2]  # the block does not see the whole volume
-    box, corner = seg._canvas(image[read.to_slices()], block.relative_to(read.start), read.start)
-    request = seg._peaks_beyond_canvas(image[read.to_slices()], read.start, box)
-    origins = request.seed_policy_args["origins"]
+    box, corner = seg.canvas_box(image[read.to_slices()], block.relative_to(read.start), read.start)
+    policy = seg.block_policy(image[read.to_slices()], read.start, box)
+    assert policy.cls.__name__ == "PolicyInvertOrigins" and policy.args["corner"] == list(corner)
+    origins = policy.args["origins"]
     got = [origins[k] for k in sorted(origins, reverse=True)]  # the order the canvas tries them
     norm = (image.astype(np.float32) - 128) / 33  # the model's default statistics
-    whole = [tuple(int(v) for v in p) for p in PolicyPeaks(_SeedView(norm, MovementRestrictor(), (1.0, 1.0, 1.0), (4, 4, 4)))]
+    whole = [tuple(int(v) for v in p) for p in PolicyPeaks(ImageView(norm, MovementRestrictor(), (1.0, 1.0, 1.0), (4, 4, 4)))]
     canvas = BoundingBox(corner, box.size)
     want = [p for p in whole if canvas.contains(BoundingBox(p, (1, 1, 1)))]
     assert len(want) > 10 and got == want
@@ -185,7 +187,7 @@ def test_stitching_a_perfect_segmenter_recovers_the_ground_truth(tmp_path, synth
     image = OriginVolume("origin", np.zeros(labels.shape, np.uint8))
     seg = GroundTruthSegmenter(labels)
     out = f"{tmp_path}/seg.zarr/seg"
-    res = segment_blockwise(
+    res = run_blockwise_job(
         out, image, BoundingBox.from_shape(labels.shape), (24, 24, 24), (8, 8, 8), seg, {"model": "gt"},
         DistInfo(), OverlapRule(min_overlap_voxels=1, min_overlap_fraction=0.5), progress=False,
     )
@@ -197,7 +199,7 @@ def test_stitching_a_perfect_segmenter_recovers_the_ground_truth(tmp_path, synth
     assert stitched.min() >= 1 and stitched.max() == len(np.unique(stitched))
     # rerun: everything is done, nothing is recomputed
     seg.calls.clear()
-    res2 = segment_blockwise(
+    res2 = run_blockwise_job(
         out, image, BoundingBox.from_shape(labels.shape), (24, 24, 24), (8, 8, 8), seg, {"model": "gt"},
         DistInfo(), OverlapRule(min_overlap_voxels=1, min_overlap_fraction=0.5), progress=False,
     )
@@ -212,12 +214,12 @@ def test_failed_block_is_reported_then_redone(tmp_path, synth_small):
     args = (image, BoundingBox.from_shape(labels.shape), (32, 32, 32), (8, 8, 8))
     bad = GroundTruthSegmenter(labels, fail_at=(20, 0, 0))
     with pytest.raises(BlockFailures, match=r"1 of 8 blocks failed \(block 4 at 20,0,0:48,28,28: RuntimeError"):
-        segment_blockwise(out, *args, bad, {"m": 1}, DistInfo(), progress=False)
+        run_blockwise_job(out, *args, bad, {"m": 1}, DistInfo(), progress=False)
     paths = JobPaths.from_spec(out)
     assert json.loads(paths.failed(4).read_text())["box"] == "20,0,0:48,28,28"
     assert not (tmp_path / "seg.zarr" / "seg").exists()  # no half-written output
     good = GroundTruthSegmenter(labels)
-    segment_blockwise(out, *args, good, {"m": 1}, DistInfo(), progress=False)
+    run_blockwise_job(out, *args, good, {"m": 1}, DistInfo(), progress=False)
     assert good.calls == ["20,0,0:48,28,28"]  # only the failed block was redone
     assert not paths.failed(4).exists()
 
@@ -227,9 +229,9 @@ def test_different_request_in_same_output_is_refused(tmp_path, synth_small):
     image = OriginVolume("origin", np.zeros(labels.shape, np.uint8))
     out = f"{tmp_path}/seg.zarr/seg"
     args = (image, BoundingBox.from_shape(labels.shape), (32, 32, 32), (8, 8, 8))
-    segment_blockwise(out, *args, GroundTruthSegmenter(labels), {"model": "a"}, DistInfo(), progress=False)
+    run_blockwise_job(out, *args, GroundTruthSegmenter(labels), {"model": "a"}, DistInfo(), progress=False)
     with pytest.raises(DataError, match="different request \\(differs in: model\\)"):
-        segment_blockwise(out, *args, GroundTruthSegmenter(labels), {"model": "b"}, DistInfo(), progress=False)
+        run_blockwise_job(out, *args, GroundTruthSegmenter(labels), {"model": "b"}, DistInfo(), progress=False)
     with pytest.raises(VolumeError, match="DIR.zarr/NAME"):
         JobPaths.from_spec(f"{tmp_path}/seg.h5:seg")
 
@@ -256,7 +258,7 @@ def test_a_leak_in_one_blocks_margin_merges_nothing_when_both_sides_must_agree(t
     image = OriginVolume("origin", np.zeros(labels.shape, np.uint8))
     seg = LeakySegmenter(labels)
     out = f"{tmp_path}/seg.zarr/seg"
-    segment_blockwise(
+    run_blockwise_job(
         out, image, BoundingBox.from_shape(labels.shape), (4, 4, 16), (0, 0, 8), seg, {"model": "leaky"},
         DistInfo(), OverlapRule(min_overlap_voxels=1, min_overlap_fraction=0.5, both_sides=both_sides), progress=False,
     )
@@ -268,16 +270,32 @@ def test_a_leak_in_one_blocks_margin_merges_nothing_when_both_sides_must_agree(t
 
 
 def test_block_grid_seeds_are_anchored_at_the_job_not_the_block():
-    from neuroflood.infer.blockwise import FFNBlockSegmenter
+    from neuroflood.infer.block_segmenter import FFNBlockSegmenter
     from neuroflood.infer.config import InferenceRequest
+    from neuroflood.infer.seeds import resolve_seed_policy
 
     class Model(torch.nn.Module):
         config = ModelConfig(depth=1, features=4, fov_size=(9, 9, 9), deltas=(2, 2, 2))
 
-    grid = FFNBlockSegmenter(Model(), InferenceRequest.model_validate({"seed_policy": "PolicyGrid3d"}), grid_anchor=(10, 0, 5))
-    assert grid._anchored((30, 20, 5)).seed_policy_args["origin"] == [-20, -20, 0]
-    assert grid.request.seed_policy_args == {}  # the job's request is not changed
-    mine = InferenceRequest.model_validate({"seed_policy": "PolicyGrid3d", "seed_policy_args": {"origin": [1, 2, 3]}})
-    assert FFNBlockSegmenter(Model(), mine)._anchored((30, 20, 5)).seed_policy_args["origin"] == [1, 2, 3]
-    peaks = InferenceRequest.model_validate({})
-    assert FFNBlockSegmenter(Model(), peaks)._anchored((30, 20, 5)) is peaks
+    job, canvas = BoundingBox((10, 0, 5), (100, 100, 100)), BoundingBox((30, 20, 5), (20, 20, 20))
+    grid = resolve_seed_policy("PolicyGrid3d")
+    assert grid.in_job(job, canvas).args["origin"] == [-20, -20, 0]
+    assert grid.args == {}  # the job's policy is not changed
+    mine = resolve_seed_policy("PolicyGrid3d", {"origin": [1, 2, 3]})
+    assert mine.in_job(job, canvas).args["origin"] == [1, 2, 3]
+    other = resolve_seed_policy("PolicyMax")
+    assert other.in_job(job, canvas) is other
+    # without a job box, the lattice is anchored at the volume's first voxel
+    assert grid.in_job(None, canvas).args["origin"] == [-30, -20, -5]
+    # a wrapped grid is placed in the job too
+    reverse = resolve_seed_policy("ReverseCoords", {"policy_to_reverse": "PolicyGrid2d", "step": 8})
+    placed = reverse.in_job(job, canvas).args["policy_to_reverse"]
+    assert placed.args == {"step": 8, "origin": [-20, -20, 0]}
+    sequence = resolve_seed_policy("SequentialPolicies", {"policies": [["PolicyMax", {}], ["PolicyGrid3d", {}]]})
+    inner = sequence.in_job(job, canvas).args["policies"]
+    assert inner[0] is sequence.args["policies"][0] and inner[1].args["origin"] == [-20, -20, 0]
+    # the segmenter resolves the request's policy once; PolicyPeaks asks for image beyond the canvas
+    seg = FFNBlockSegmenter(Model(), InferenceRequest.model_validate({"seed_policy": "PolicyGrid3d"}), job_box=job)
+    assert seg.seed_policy == grid and seg.context == (4, 4, 4)
+    wrapped = InferenceRequest.model_validate({"seed_policy": "SequentialPolicies", "seed_policy_args": {"policies": [["PolicyPeaks", {}]]}})
+    assert FFNBlockSegmenter(Model(), wrapped).context == FFNBlockSegmenter(Model(), InferenceRequest()).context != (4, 4, 4)

@@ -74,7 +74,8 @@ def _worker(image_spec: str, out: str, handover_rounds: int = 2, request: dict |
     """One of the 2 workers (run in its own process, joined through torch.distributed)."""
     from neuroflood.bbox import BoundingBox
     from neuroflood.distributed import cleanup, init_distributed
-    from neuroflood.infer.blockwise import FFNBlockSegmenter, segment_blockwise
+    from neuroflood.infer.block_segmenter import FFNBlockSegmenter
+    from neuroflood.infer.blockwise import run_blockwise_job
     from neuroflood.infer.config import InferenceRequest
     from neuroflood.volume import open_volume
 
@@ -82,7 +83,7 @@ def _worker(image_spec: str, out: str, handover_rounds: int = 2, request: dict |
     info = init_distributed("cpu")
     model = OracleFFN()
     image = open_volume(image_spec)
-    segment_blockwise(
+    run_blockwise_job(
         out, image, BoundingBox.from_shape(image.shape), block, OVERLAP,
         FFNBlockSegmenter(model, InferenceRequest.model_validate(request or REQUEST), job_box=BoundingBox.from_shape(image.shape)),
         {"model": "oracle"}, info,
@@ -155,14 +156,15 @@ def test_blockwise_masks_are_placed_where_each_block_is(tmp_path):
     """A mask in global coordinates keeps FOV centres off the same voxels in every block."""
     from neuroflood.bbox import BoundingBox
     from neuroflood.distributed import DistInfo
-    from neuroflood.infer.blockwise import FFNBlockSegmenter, segment_blockwise
+    from neuroflood.infer.block_segmenter import FFNBlockSegmenter
+    from neuroflood.infer.blockwise import run_blockwise_job
     from neuroflood.infer.config import InferenceRequest
     from neuroflood.volume import ArrayVolume, open_volume
 
     image, _ = coded_image()
     request = InferenceRequest.model_validate({**REQUEST, "masks": [{"expression": "x >= 40"}]})
     out = f"{tmp_path}/seg.zarr/seg"
-    segment_blockwise(
+    run_blockwise_job(
         out, ArrayVolume("coded", image), BoundingBox.from_shape(image.shape), BLOCK, OVERLAP,
         FFNBlockSegmenter(OracleFFN(), request), {"model": "oracle"}, DistInfo(), progress=False,
     )
@@ -183,7 +185,9 @@ def test_handover_floods_what_a_neighbour_carries_in(tmp_path):
     """
     from neuroflood.bbox import BoundingBox
     from neuroflood.distributed import DistInfo
-    from neuroflood.infer.blockwise import FFNBlockSegmenter, JobPaths, segment_blockwise
+    from neuroflood.infer.block_segmenter import FFNBlockSegmenter
+    from neuroflood.infer.blockwise import run_blockwise_job
+    from neuroflood.infer.jobfiles import JobPaths
     from neuroflood.infer.config import InferenceRequest
     from neuroflood.infer.segment import segment_subvolume
     from neuroflood.volume import ArrayVolume, open_volume
@@ -196,7 +200,7 @@ def test_handover_floods_what_a_neighbour_carries_in(tmp_path):
 
     def blockwise(rounds: int) -> tuple[np.ndarray, JobPaths]:
         out = f"{tmp_path}/r{rounds}.zarr/seg"
-        segment_blockwise(
+        run_blockwise_job(
             out, ArrayVolume("tube", image), BoundingBox.from_shape(image.shape), (24, 24, 44), (12, 12, 12),
             FFNBlockSegmenter(OracleFFN(), InferenceRequest.model_validate(request)), {"model": "oracle"}, DistInfo(),
             progress=False, handover_rounds=rounds,

@@ -20,7 +20,7 @@ from neuroflood.infer.storage import default_checkpoint_path, read_output
 from neuroflood.model import save_model
 from neuroflood.volume import write_volume
 
-from test_infer_units import bright_image, bright_model
+from infer_helpers import bright_image, bright_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -144,7 +144,7 @@ SIGTERM_DURING_SAVE = """
 import os, signal, sys
 import numpy as np
 from neuroflood.cli import sigterm_unwinds
-from neuroflood.infer.storage import atomic_savez
+from neuroflood.atomic import atomic_savez
 
 real = np.savez_compressed
 def savez_then_terminated(f, **arrays):
@@ -172,3 +172,19 @@ def test_sigterm_while_saving_leaves_no_temporary_file(tmp_path, mode):
     else:  # Python's default: the process dies on the spot and the temporary file stays behind
         assert proc.returncode == -signal.SIGTERM
         assert len(left) == 1 and left[0].startswith(".checkpoint.npz.") and left[0].endswith(".tmp")
+
+
+def test_blockwise_options_come_from_the_config_file_and_the_command_line_overrides_them(setup, capsys):
+    tmp, model, image, config = setup
+    blockwise = tmp / "blockwise.toml"
+    blockwise.write_text(Path(config).read_text() + "\n[blockwise]\nblock_size = [40, 40, 28]\nhandover_rounds = 1\n")
+    out = f"{tmp}/fromfile.zarr/seg"
+    args = ["segment", "--model", model, "--image", image, "--out", out, "--config", str(blockwise), "--no-progress"]
+    assert main([*args, "--handover-rounds", "0"]) == 0
+    job = json.loads((tmp / "fromfile.zarr" / ".seg.work" / "request.json").read_text())
+    assert job["block_size"] == [40, 40, 28] and job["handover_rounds"] == 0 and job["overlap"] == [14, 14, 14]
+    assert "in 3 blocks" in capsys.readouterr().out
+    blockwise.write_text("[blockwise]\nmin_overlap_fraction = 2\n")
+    assert main([*args[:-3], "--config", str(blockwise), "--block-size", "40,40,28"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("neuroflood: error:") and "min_overlap_fraction" in err and err.count("\n") == 1

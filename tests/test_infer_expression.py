@@ -18,7 +18,7 @@ from neuroflood.infer.segment import build_mask
 from neuroflood.model import save_model
 from neuroflood.volume import write_volume
 
-from test_infer_units import bright_image, bright_model
+from infer_helpers import bright_image, bright_model
 
 # (expression, what the message must name)
 REFUSED = [

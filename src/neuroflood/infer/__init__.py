@@ -1,22 +1,49 @@
-"""Inference: flood-fill segmentation of subvolumes (google/ffn Canvas semantics).
+"""Inference: flood-fill segmentation of subvolumes (google/ffn Canvas semantics) and of
+volumes of any size, blockwise on 1..N workers.
 
 ``segment_subvolume(model, image, request)`` segments an in-memory subvolume;
-``segment_volume(model, image_spec, out_spec, bbox, request)`` does it file to file.
+``segment_volume(model, image_spec, out_spec, bbox, request)`` does it file to file;
+``segment_blockwise(model, image_spec, out_spec, block_size=...)`` splits a large box into
+overlapping blocks and stitches them into one segmentation. The names are imported lazily,
+so that ``neuroflood --help`` does not pay for importing torch.
 """
 
-from .canvas import Canvas, Origin, dequantize_probability, quantize_probability
-from .config import InferenceOptions, InferenceRequest, MaskConfig
-from .consensus import clean_up, compute_consensus, split_segmentation_by_intersection
-from .executor import BatchedExecutor, LocalExecutor, make_executor
-from .movement import FaceMaxMovementPolicy, MovementRestrictor, get_scored_move_offsets
-from .seeds import SEED_POLICIES, make_seed_policy
-from .segment import SegmentationResult, segment_many, segment_subvolume, segment_volume
-from .storage import load_segmentation, read_output, write_output
+from __future__ import annotations
 
-__all__ = [
-    "BatchedExecutor", "Canvas", "FaceMaxMovementPolicy", "InferenceOptions", "InferenceRequest", "LocalExecutor",
-    "MaskConfig", "MovementRestrictor", "Origin", "SEED_POLICIES", "SegmentationResult", "clean_up",
-    "compute_consensus", "dequantize_probability", "get_scored_move_offsets", "load_segmentation",
-    "make_executor", "make_seed_policy", "quantize_probability", "read_output", "segment_many",
-    "segment_subvolume", "segment_volume", "split_segmentation_by_intersection", "write_output",
-]
+from .._lazy import lazy_getattr
+
+_API = {
+    "segment_blockwise": ".blockwise",
+    "Canvas": ".canvas",
+    "BlockwiseConfig": ".config",
+    "InferenceOptions": ".config",
+    "InferenceRequest": ".config",
+    "MaskConfig": ".config",
+    "clean_up": ".consensus",
+    "compute_consensus": ".consensus",
+    "split_segmentation_by_intersection": ".consensus",
+    "BatchedExecutor": ".executor",
+    "LocalExecutor": ".executor",
+    "make_executor": ".executor",
+    "FaceMaxMovementPolicy": ".movement",
+    "MovementRestrictor": ".movement",
+    "get_scored_move_offsets": ".movement",
+    "Origin": ".results",
+    "SegmentationResult": ".results",
+    "dequantize_probability": ".results",
+    "quantize_probability": ".results",
+    "SEED_POLICIES": ".seeds",
+    "SeedPolicy": ".seeds",
+    "SeedPolicyFactory": ".seeds",
+    "make_seed_policy": ".seeds",
+    "resolve_seed_policy": ".seeds",
+    "segment_many": ".segment",
+    "segment_subvolume": ".segment",
+    "segment_volume": ".segment",
+    "load_segmentation": ".storage",
+    "read_output": ".storage",
+    "write_segmentation": ".storage",
+}
+__all__ = [*_API]
+
+__getattr__ = lazy_getattr(__name__, _API)

@@ -19,16 +19,22 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
 from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 from scipy.special import expit
 
 from ..errors import CheckpointError
-from .config import InferenceOptions, logit
-from .movement import MOVEMENT_POLICIES, FaceMaxMovementPolicy, MovementRestrictor, Position
-from .seeds import SeedPolicy, make_seed_policy
+from ..probability import logit
+from .config import InferenceOptions
+from .movement import (
+    MOVEMENT_POLICIES,
+    FaceMaxMovementPolicy,
+    MovementRestrictor,
+    Position,
+)
+from .results import Origin, quantize_probability
+from .seeds import SeedPolicy, SeedPolicyFactory, resolve_seed_policy
 
 MAX_SELF_CONSISTENT_ITERS = 32  # consistency_threshold re-runs (2017 reference)
 _LOGIT_0_8 = logit(0.8)
@@ -36,29 +42,6 @@ _LOGIT_0_8 = logit(0.8)
 
 class PredictClient(Protocol):
     def predict(self, image: np.ndarray, seed: np.ndarray) -> np.ndarray: ...
-
-
-@dataclass(frozen=True)
-class Origin:
-    """How a segment was made: its seed (z, y, x, canvas coordinates), FOVs run, seconds."""
-
-    start_zyx: tuple[int, int, int]
-    iterations: int
-    seconds: float
-
-
-def quantize_probability(prob: np.ndarray) -> np.ndarray:
-    """Probabilities to uint8 1..255 by ``digitize`` over ``linspace(0, 1, 255)``; NaN → 0."""
-    q = np.digitize(prob, np.linspace(0.0, 1.0, 255))
-    q[np.isnan(prob)] = 0
-    return q.astype(np.uint8)
-
-
-def dequantize_probability(q: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`quantize_probability` (bin centres): ``(q - 0.5) / 255``; 0 → NaN."""
-    p = (q.astype(np.float32) - 0.5) / 255.0
-    p[q == 0] = np.nan
-    return p
 
 
 class Canvas:
@@ -304,12 +287,20 @@ class Canvas:
         return num_iters
 
     # -- the whole subvolume -------------------------------------------------------------------
-    def segment_all(self, seed_policy: str | SeedPolicy = "PolicyPeaks", seed_policy_args: dict | None = None) -> None:
-        """Try to start a segment at every seed of ``seed_policy``, in order."""
+    def segment_all(
+        self, seed_policy: str | SeedPolicyFactory | SeedPolicy = "PolicyPeaks", seed_policy_args: dict | None = None
+    ) -> None:
+        """Try to start a segment at every seed of ``seed_policy``, in order.
+
+        ``seed_policy``: a resolved policy (:func:`~neuroflood.infer.seeds.resolve_seed_policy`),
+        one already made for this canvas, or a policy name with ``seed_policy_args``.
+        """
         if isinstance(seed_policy, SeedPolicy):
             self.seed_policy = seed_policy
+        elif isinstance(seed_policy, SeedPolicyFactory):
+            self.seed_policy = seed_policy(self)
         else:
-            self.seed_policy = make_seed_policy(seed_policy, self, seed_policy_args)
+            self.seed_policy = resolve_seed_policy(seed_policy, seed_policy_args)(self)
         if self._seed_policy_state is not None:
             self.seed_policy.set_state(self._seed_policy_state)
             self._seed_policy_state = None

@@ -1,4 +1,13 @@
-"""CLI: ``neuroflood segment`` (one subvolume) and ``neuroflood consensus``."""
+"""CLI: ``neuroflood segment`` (one subvolume, or blockwise with ``--block-size``) and
+``neuroflood consensus``.
+
+The commands parse, check their options before anything heavy is loaded, build the configs
+(``--config`` file, then ``--set``, then the command-line options) and call the library:
+:func:`neuroflood.infer.segment.segment_volume` or
+:func:`neuroflood.infer.blockwise.segment_blockwise`. Starting local workers
+(``--nproc-per-node``) reruns the command line on each, so it stays here. Nothing heavy
+(torch) is imported at module level: ``neuroflood --help`` stays fast.
+"""
 
 from __future__ import annotations
 
@@ -38,8 +47,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (overrides the config)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    from .blockwise import add_arguments as add_blockwise_arguments
-
     add_blockwise_arguments(p)
     p.set_defaults(func=_segment)
 
@@ -97,14 +104,13 @@ def _segment(args: argparse.Namespace) -> int:
 
     from ..config import load_config_file
     from ..evaluate.report import check_output_file, check_writable_location
-    from .blockwise import check_arguments, run_cli, wants_blockwise
-    from .config import InferenceRequest
+    from .config import BlockwiseConfig, InferenceRequest
     from .segment import output_lock_target, segment_volume
 
     # Options first: a bad one is refused before a model is loaded or anything written.
     if args.threads is not None and args.threads < 1:
         raise ConfigError(f"--threads {args.threads} must be >= 1 (or leave it out for torch's choice)")
-    check_arguments(args)
+    check_blockwise_arguments(args)
     check_writable_location(output_lock_target(args.out), "--out")
     if args.summary:
         check_output_file(args.summary, "--summary")
@@ -114,10 +120,12 @@ def _segment(args: argparse.Namespace) -> int:
     raw = _merge(raw, parse_overrides(args.overrides))
     if args.device:
         raw["device"] = args.device
+    blockwise_table = raw.pop("blockwise", None)
     request = InferenceRequest.build(raw)
+    blockwise = BlockwiseConfig.build(blockwise_table, blockwise_options(args))
 
-    if wants_blockwise(args):
-        return run_cli(args, request)
+    if blockwise.block_size or args.nproc_per_node:
+        return _segment_blockwise(args, request, blockwise)
     summary = segment_volume(
         args.model, args.image, args.out, args.bbox, request,
         overwrite=args.overwrite, checkpoint_path=args.checkpoint, summary_path=args.summary,
@@ -134,13 +142,112 @@ def _segment(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- blockwise: `neuroflood segment ... --block-size Z,Y,X [--overlap] [--nproc-per-node N]` ----
+
+
+def add_blockwise_arguments(parser: argparse.ArgumentParser) -> None:
+    """The blockwise options of ``neuroflood segment`` (defaults: :class:`BlockwiseConfig`'s)."""
+    g = parser.add_argument_group(
+        "large volumes",
+        "With --block-size the box is split into overlapping blocks, segmented on 1..N workers "
+        "and reconciled into one segmentation with sequential ids; --out must be DIR.zarr/NAME. "
+        "Rerunning the same command resumes: finished blocks are kept. These options override "
+        "the [blockwise] table of --config.",
+    )
+    g.add_argument("--block-size", default=None, metavar="Z,Y,X", help="block size (default: the whole box is one block)")
+    g.add_argument(
+        "--overlap", default=None, metavar="Z,Y,X",
+        help="overlap of neighbouring blocks (default: 2*(fov//2 + delta), e.g. 48 for FIB-25)",
+    )
+    g.add_argument("--nproc-per-node", type=int, default=None, help="start this many local workers (torchrun)")
+    g.add_argument("--min-overlap-voxels", type=int, default=None, help="join objects of neighbouring blocks that share at least this many voxels (default 50) ...")
+    g.add_argument(
+        "--min-overlap-fraction", type=float, default=None,
+        help="... and at least this fraction of the smaller one's voxels in the overlap (default 0.5)",
+    )
+    g.add_argument(
+        "--handover-rounds", type=int, default=None, metavar="N",
+        help="rounds in which each block floods the objects its neighbours carry into its core (default 2; 0: none)",
+    )
+    g.add_argument(
+        "--one-sided-joins", action="store_true", default=None,
+        help="join objects on one block's word (default: the other block must see them touch in its margin, so that one leaky fill cannot merge two neurons)",
+    )
+
+
+def blockwise_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The blockwise options given on the command line (None: not given), by config key."""
+    return {
+        "block_size": args.block_size, "overlap": args.overlap, "min_overlap_voxels": args.min_overlap_voxels,
+        "min_overlap_fraction": args.min_overlap_fraction, "handover_rounds": args.handover_rounds,
+        "one_sided_joins": args.one_sided_joins,
+    }
+
+
+def check_blockwise_arguments(args: argparse.Namespace) -> None:
+    """Refuse bad blockwise options before a model is loaded or a worker started."""
+    from ..config import parse_ints
+    from .jobfiles import JobPaths
+
+    if args.nproc_per_node is not None and args.nproc_per_node < 1:
+        raise ConfigError(f"--nproc-per-node {args.nproc_per_node} must be >= 1 (local workers)")
+    if args.block_size:
+        block = parse_ints(args.block_size, 3, "--block-size")
+        if min(block) < 1:
+            raise ConfigError(f"--block-size {args.block_size} must be positive on every axis (z,y,x), e.g. 128,128,128")
+    if args.overlap and min(parse_ints(args.overlap, 3, "--overlap")) < 0:
+        raise ConfigError(f"--overlap {args.overlap} must be >= 0 on every axis (z,y,x)")
+    if args.min_overlap_fraction is not None and not 0 < args.min_overlap_fraction <= 1:  # NaN fails too
+        raise ConfigError(f"--min-overlap-fraction {args.min_overlap_fraction} must be a fraction in (0, 1], e.g. 0.5")
+    if args.min_overlap_voxels is not None and args.min_overlap_voxels < 1:
+        raise ConfigError(f"--min-overlap-voxels {args.min_overlap_voxels} must be >= 1")
+    if args.handover_rounds is not None and args.handover_rounds < 0:
+        raise ConfigError(f"--handover-rounds {args.handover_rounds} must be 0 (none) or more")
+    if args.block_size or args.nproc_per_node:
+        JobPaths.from_spec(args.out)
+
+
+def _segment_blockwise(args: argparse.Namespace, request: Any, options: Any) -> int:
+    """``neuroflood segment`` with a block size and/or --nproc-per-node."""
+    import os
+
+    from ..distributed import launch_local, strip_launch_args
+    from .blockwise import HELD_OUTPUT_ENV, segment_blockwise
+    from .jobfiles import JobPaths
+    from .segment import hold_output
+
+    paths = JobPaths.from_spec(args.out)
+    # One writer per output: the launcher holds it for its workers; a rank 0 started by
+    # another launcher (torchrun, srun) takes it itself.
+    if args.nproc_per_node and "LOCAL_RANK" not in os.environ:
+        target = os.path.abspath(paths.root / paths.name)
+        with hold_output(args.out, target):
+            os.environ[HELD_OUTPUT_ENV] = target
+            try:
+                return launch_local(args.nproc_per_node, strip_launch_args(args.argv), threads_per_worker=args.threads, sigterm_exit=143)
+            finally:
+                os.environ.pop(HELD_OUTPUT_ENV, None)
+    # (torch threads were set once by the command before this)
+    summary = segment_blockwise(
+        args.model, args.image, args.out, bbox=args.bbox, request=request, **options.model_dump(),
+        progress=not args.no_progress, summary_path=args.summary,
+    )
+    if summary is not None:
+        print(
+            f"{summary['segments']} segments, {summary['fov_evaluations']} FOV evaluations in "
+            f"{summary['blocks']} blocks ({summary['blocks_run']} run, {summary['blocks_skipped']} kept), "
+            f"{100 * summary['unsegmented_fraction']:.1f}% unsegmented, {summary['seconds']:.1f} s -> {args.out}"
+        )
+    return 0
+
+
 def _consensus(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ..errors import DataError, VolumeError
     from ..volume import open_volume
     from .consensus import compute_consensus
-    from .storage import check_output, read_output, write_output
+    from .storage import check_output, read_output, write_segmentation
 
     def load(spec: str):
         try:
@@ -170,7 +277,7 @@ def _consensus(args: argparse.Namespace) -> int:
     if a.shape != b.shape:
         raise DataError(f"{args.a} has shape {a.shape} and {args.b} {b.shape}; give two segmentations of one box")
     seg = compute_consensus(a, b, args.split_min_size, **clean)
-    write_output(args.out, seg, origins={}, meta={"request": key, "corner_zyx": meta_a.get("corner_zyx", [0, 0, 0])})
+    write_segmentation(args.out, seg, origins={}, meta={"request": key, "corner_zyx": meta_a.get("corner_zyx", [0, 0, 0])})
     n = int(np.count_nonzero(np.unique(seg)))
     print(f"consensus: {n} segments -> {args.out}")
     return 0

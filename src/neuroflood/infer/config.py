@@ -15,23 +15,22 @@ A TOML file for ``neuroflood segment --config`` looks like::
     segment_threshold = 0.6
     min_segment_size = 1000
     min_boundary_dist = [1, 1, 1]
+
+    [blockwise]              # large volumes (neuroflood segment --block-size ...)
+    block_size = [128, 128, 128]
+    handover_rounds = 2
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from ..config import Config, parse_ints
 from ..errors import ConfigError
+from ..probability import logit
 from .expression import check_expression
-
-
-def logit(p: float) -> float:
-    """``ln(p / (1 - p))``, the logit of a probability in (0, 1)."""
-    return math.log(p / (1.0 - p))
 
 
 def _triple(v: Any) -> Any:
@@ -195,4 +194,49 @@ class InferenceRequest(Config):
         v = v.strip().lower()
         if v not in ("auto", "cpu", "cuda") and not (v.startswith("cuda:") and v[5:].isdigit()):
             raise ValueError(f"device {v!r} is not 'auto', 'cpu', 'cuda' or 'cuda:N'")
+        return v
+
+
+class BlockwiseConfig(Config):
+    """How a large volume is split into overlapping blocks and their objects joined.
+
+    The ``[blockwise]`` table of a ``neuroflood segment --config`` file; the command-line
+    options (``--block-size``, ``--overlap``, ...) override it. A block size makes the run
+    blockwise. The overlap rule and hand-over rounds are described in docs/design-notes.md.
+    """
+
+    block_size: tuple[int, int, int] | None = Field(None, description="block size z,y,x; default: the whole box is one block")
+    overlap: tuple[int, int, int] | None = Field(
+        None, description="overlap of neighbouring blocks z,y,x; default: 2*(fov//2 + delta), e.g. 48 for FIB-25"
+    )
+    min_overlap_voxels: int = Field(50, ge=1, description="join objects of neighbouring blocks that share at least this many voxels ...")
+    min_overlap_fraction: float = Field(
+        0.5, gt=0, le=1, description="... and at least this fraction of the smaller one's voxels in the overlap"
+    )
+    handover_rounds: int = Field(
+        2, ge=0, description="rounds in which each block floods the objects its neighbours carry into its core (0: none)"
+    )
+    one_sided_joins: bool = Field(
+        False,
+        description="join objects on one block's word (default: the other block must see them touch in its margin, "
+        "so that one leaky fill cannot merge two neurons)",
+    )
+
+    @field_validator("block_size", "overlap", mode="before")
+    @classmethod
+    def _zyx(cls, v: Any) -> Any:
+        return _triple(v)
+
+    @field_validator("block_size")
+    @classmethod
+    def _positive(cls, v: tuple[int, int, int] | None) -> tuple[int, int, int] | None:
+        if v is not None and min(v) < 1:
+            raise ValueError(f"block_size {v} must be positive on every axis (z,y,x), e.g. 128,128,128")
+        return v
+
+    @field_validator("overlap")
+    @classmethod
+    def _nonnegative(cls, v: tuple[int, int, int] | None) -> tuple[int, int, int] | None:
+        if v is not None and min(v) < 0:
+            raise ValueError(f"overlap {v} must be >= 0 on every axis (z,y,x)")
         return v

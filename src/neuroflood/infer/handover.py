@@ -5,8 +5,7 @@ block face. A block floods only the objects it seeds itself. An object seeded in
 reaches into block B, where no seed of B's own lands on it (a sparse seed grid, or a cell
 whose distance-transform peak lies beyond B's box), is flooded by A only as far as A's box
 reaches, half the overlap into B's core; the rest of it stays unsegmented in B, and the
-stitched result has a hole that the one-subvolume result has not (issue #7's seam
-measurements: most of the difference between the two).
+stitched result has a hole that the one-subvolume result has not.
 
 So after every block ran, each block B looks at its neighbours' segmentations where their
 boxes reach into B's core. A piece of a neighbour's object lying there on voxels that B left

@@ -15,8 +15,8 @@ other side can check A's word: with ``both_sides`` (the default) the pair is joi
 B's own ``b`` also **touches** ``a`` (at least one voxel carries both ids) in B's margin,
 which lies in A's core. A flood fill that leaked from one neuron into another inside A's
 margin makes A's piece agree with the other neuron's piece there, while in B's margin that
-neuron's piece never meets A's object; on one side's word alone, that one leak merged two
-whole neurons across a face (docs/benchmarks.md, "FIB-25: blockwise against one subvolume").
+neuron's piece never meets A's object; on one side's word alone, that one leak would merge
+two whole neurons across a face.
 A piece of which A owns no voxel (it lies wholly in A's margins) cannot be checked from the
 other side and joins on A's word: it is how A tells two neighbours that their pieces meet
 inside A's box.

@@ -1,8 +1,8 @@
 """Segment one subvolume end to end: in memory (:func:`segment_subvolume`) or file to file.
 
 :func:`segment_subvolume` works on an image array and returns a
-:class:`SegmentationResult`; it does no file I/O except the optional inference checkpoint,
-so blockwise segmentation of large volumes can call it per block. :func:`segment_volume`
+:class:`SegmentationResult`; it does no file I/O except the optional inference checkpoint
+(and reading a previous run's origins for PolicyInvertOrigins' ``segmentation``), so blockwise segmentation of large volumes can call it per block. :func:`segment_volume`
 adds the files: open the image, crop the box, skip or refuse an existing output, write the
 result atomically and a JSON summary.
 """
@@ -15,178 +15,35 @@ import os
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 
+from ..atomic import atomic_write_text
 from ..bbox import BoundingBox
-from ..errors import ConfigError, DataError, VolumeError
+from ..errors import DataError, VolumeError
 from ..outputs import exclusive
 from ..volume import open_volume
-from .canvas import Canvas, Origin
-from .config import InferenceRequest, MaskConfig
-from .executor import BatchedExecutor, check_batch_memory, make_executor
-from .expression import evaluate_expression
-from .movement import MOVEMENT_POLICIES, MovementRestrictor
-from .seeds import check_seed_policy
+from .canvas import Canvas
+from .config import InferenceRequest
+from .executor import BatchedExecutor, make_executor
+from .inputs import as_request, build_mask, check_finite, normalize_image, validate
+from .movement import MovementRestrictor
+from .results import SegmentationResult
+from .seeds import SeedPolicyFactory, resolve_seed_policy
 from .storage import (
-    _output_kind,
     check_output,
     default_checkpoint_path,
-    load_checkpoint,
+    load_canvas_checkpoint,
+    load_origins,
+    output_kind,
     read_output,
-    save_checkpoint,
+    save_canvas_checkpoint,
     to_output_ids,
-    write_output,
+    write_segmentation,
 )
-
-
-@dataclass
-class SegmentationResult:
-    """What one subvolume's segmentation produced.
-
-    ``segmentation`` holds ids in the smallest sufficient unsigned dtype (0 = unsegmented);
-    ``qprob`` the uint8 quantized probabilities of accepted segments (or None); ``origins``
-    ``{id: Origin}`` with seeds in subvolume coordinates; ``corner`` the subvolume's global
-    start (z, y, x).
-    """
-
-    segmentation: np.ndarray
-    origins: dict[int, Origin]
-    counters: dict[str, float]
-    qprob: np.ndarray | None = None
-    overlaps: dict[int, tuple[list[int], list[int]]] = field(default_factory=dict)
-    corner: tuple[int, int, int] = (0, 0, 0)
-    seconds: float = 0.0
-    local_to_global: dict[int, int] = field(default_factory=dict)
-
-    @property
-    def fov_evaluations(self) -> int:
-        return int(self.counters.get("fov_evaluations", 0))
-
-    @property
-    def segments(self) -> int:
-        return len(self.origins)
-
-    @property
-    def unsegmented_fraction(self) -> float:
-        return float(np.mean(self.segmentation == 0)) if self.segmentation.size else 0.0
-
-    def summary(self) -> dict[str, Any]:
-        """The numbers users count, for ``--summary``."""
-        fovs = self.fov_evaluations
-        return {
-            "fov_evaluations": fovs,
-            "segments": self.segments,
-            "unsegmented_fraction": round(self.unsegmented_fraction, 6),
-            "seconds": round(self.seconds, 3),
-            "seconds_per_fov": round(self.seconds / fovs, 4) if fovs else None,
-            "fovs_per_second": round(fovs / self.seconds, 3) if self.seconds > 0 else None,
-            "voxels": int(self.segmentation.size),
-            "shape": list(self.segmentation.shape),
-            "corner": list(self.corner),
-            "counters": {k: (round(v, 3) if isinstance(v, float) else v) for k, v in sorted(self.counters.items())},
-        }
-
-
-# -- validation ------------------------------------------------------------------------------
-def as_request(request: InferenceRequest | dict[str, Any] | None) -> InferenceRequest:
-    if isinstance(request, InferenceRequest):
-        return request
-    return InferenceRequest.build(request)
-
-
-def validate(model: torch.nn.Module, shape: Sequence[int], request: InferenceRequest) -> None:
-    """Raise a neuroflood error if the model, the subvolume and the request do not fit."""
-    fov = tuple(model.config.fov_size)
-    deltas = tuple(request.movement_policy_args.get("deltas", model.config.deltas))
-    if len(shape) != 3:
-        raise DataError(f"the image has {len(shape)} dimensions; segmentation needs a 3-D (z, y, x) image")
-    if any(s < f for s, f in zip(shape, fov)):
-        raise DataError(
-            f"the subvolume {tuple(shape)} is smaller than the network's field of view {fov} (z,y,x); "
-            "choose a larger --bbox"
-        )
-    if len(deltas) != 3 or any(2 * d + 1 > f for d, f in zip(deltas, fov)):
-        raise ConfigError(
-            f"movement deltas {deltas} do not fit the model's FOV {fov}: 2*delta+1 must be <= FOV on every axis"
-        )
-    check_seed_policy(request.seed_policy, request.seed_policy_args)
-    if request.movement_policy not in MOVEMENT_POLICIES:
-        raise ConfigError(
-            f"unknown movement policy {request.movement_policy!r}; choose one of {', '.join(MOVEMENT_POLICIES)}"
-        )
-    extra = set(request.movement_policy_args) - {"deltas", "score_threshold"}
-    if extra:
-        raise ConfigError(
-            f"movement_policy_args has unknown keys {', '.join(sorted(extra))}; it takes deltas and score_threshold"
-        )
-    score = request.movement_policy_args.get("score_threshold")
-    if score is not None and not 0 < float(score) < 1:
-        raise ConfigError(f"movement_policy_args.score_threshold {score} must be a probability in (0, 1)")
-    check_batch_memory(model, request.batch_size, request.device)
-
-
-def check_finite(image: np.ndarray, corner: Sequence[int] = (0, 0, 0)) -> None:
-    """Raise DataError if a float image holds NaN or infinite values (the network would turn
-    them into NaN logits, and nothing would be segmented without a word)."""
-    if image.dtype.kind not in "fc" or bool(np.isfinite(image).all()):
-        return
-    bad = np.argwhere(~np.isfinite(image))
-    first = tuple(int(c + v) for c, v in zip(corner, bad[0]))
-    raise DataError(
-        f"the image has {len(bad)} NaN or infinite values in the box at {tuple(int(c) for c in corner)} "
-        f"(the first at z,y,x = {first}); replace them, e.g. with the image mean, before segmenting"
-    )
-
-
-def build_mask(configs: Sequence[MaskConfig], image: np.ndarray, corner: Sequence[int]) -> np.ndarray | None:
-    """OR of the masks ``configs`` over the box at ``corner`` with ``image``'s shape."""
-    if not configs:
-        return None
-    shape = image.shape
-    box = BoundingBox(tuple(corner), shape)
-    out = np.zeros(shape, bool)
-    for cfg in configs:
-        if cfg.expression is not None:
-            z, y, x = np.ogrid[tuple(slice(c, c + s) for c, s in zip(corner, shape))]
-            # Configs come from other labs: never eval; a checked arithmetic grammar only.
-            m = np.broadcast_to(np.asarray(evaluate_expression(cfg.expression, z, y, x), bool), shape)
-        else:
-            if cfg.image:
-                values = image
-            else:
-                assert cfg.volume is not None
-                vol = open_volume(cfg.volume)
-                try:
-                    if any(b > s for b, s in zip(box.stop, vol.shape[:3])):
-                        raise VolumeError(
-                            f"mask volume {cfg.volume} has shape {vol.shape[:3]}, it must cover the box "
-                            f"{tuple(corner)}..{box.stop}"
-                        )
-                    values = vol[box.to_slices()]
-                finally:
-                    vol.close()
-                if values.ndim == 4:  # channel last: any channel selects
-                    raise VolumeError(f"mask volume {cfg.volume} must be 3-D (z, y, x), got shape {values.shape}")
-            if cfg.values is not None:
-                m = np.isin(values, cfg.values)
-            else:
-                lo = -np.inf if cfg.min_value is None else cfg.min_value
-                hi = np.inf if cfg.max_value is None else cfg.max_value
-                m = (values >= lo) & (values <= hi)
-        out |= ~m if cfg.invert else m
-    return out
-
-
-def normalize_image(model: torch.nn.Module, image: np.ndarray, request: InferenceRequest) -> np.ndarray:
-    """``(image - mean) / stddev`` in float32, with the request's or else the model's statistics."""
-    mean = model.config.image_mean if request.image_mean is None else request.image_mean
-    std = model.config.image_stddev if request.image_stddev is None else request.image_stddev
-    return (np.asarray(image).astype(np.float32) - np.float32(mean)) / np.float32(std)
 
 
 # -- in memory -------------------------------------------------------------------------------
@@ -205,6 +62,7 @@ def segment_subvolume(
     callback: Callable[[str, Canvas], None] | None = None,
     progress: bool = False,
     keep_checkpoint: bool = False,
+    seed_policy: SeedPolicyFactory | None = None,
 ) -> SegmentationResult:
     """Segment one subvolume ``image`` (z, y, x, raw intensities) with ``model``.
 
@@ -238,6 +96,9 @@ def segment_subvolume(
         ``callback(event, canvas)``, see :class:`Canvas`.
     progress : bool
         Show a progress bar (voxels segmented, objects, FOVs/s) on stderr.
+    seed_policy : SeedPolicyFactory, optional
+        The seed policy to use instead of the request's (blockwise: the request's, placed in
+        the job); default: ``request.seed_policy`` with its arguments.
 
     Returns
     -------
@@ -269,7 +130,7 @@ def segment_subvolume(
     def save(canvas: Canvas, partial: int, rewind: bool) -> None:
         assert checkpoint_path is not None
         elapsed = elapsed_before + time.perf_counter() - t0
-        save_checkpoint(checkpoint_path, canvas, partial, rewind, key, elapsed_seconds=elapsed)
+        save_canvas_checkpoint(checkpoint_path, canvas, partial, rewind, key, elapsed_seconds=elapsed)
 
     bar = _ProgressBar(image.size, enabled=progress)
 
@@ -298,13 +159,15 @@ def segment_subvolume(
         if init_segmentation is not None:
             canvas.init_segmentation(init_segmentation)
         if checkpoint_path is not None and os.path.exists(checkpoint_path):
-            state = load_checkpoint(checkpoint_path, key)
+            state = load_canvas_checkpoint(checkpoint_path, key)
             elapsed_before = float(state.pop("elapsed_seconds", 0.0))
             canvas.load_state_dict(state)
             bar.restored(canvas)
         # A fully masked subvolume has nothing to segment.
         if restrictor.mask is None or not np.all(restrictor.mask):
-            canvas.segment_all(request.seed_policy, request.seed_policy_args)
+            if seed_policy is None:  # a previous run's origins are read here, not by the policy
+                seed_policy = resolve_seed_policy(request.seed_policy, request.seed_policy_args, load_origins=load_origins)
+            canvas.segment_all(seed_policy)
     finally:
         bar.close()
         if hasattr(client, "close") and client is not executor:
@@ -492,7 +355,7 @@ def segment_volume(
             if check_output(out_spec, key, overwrite=overwrite):
                 summary = dict(read_output(out_spec)["meta"].get("summary", {}))
                 summary["skipped"] = True
-                _write_summary(summary_path, summary)
+                write_summary(summary_path, summary)
                 return summary
             image = vol[box.to_slices()]
             vol.close()
@@ -506,13 +369,13 @@ def segment_volume(
             if model_path:
                 summary["model_path"] = model_path
             meta = {"request": key, "corner_zyx": list(box.start), "summary": summary, "counters": result.counters}
-            write_output(
+            write_segmentation(
                 out_spec, result.segmentation, origins=result.origins, overlaps=result.overlaps,
                 qprob=result.qprob, meta=meta, overwrite=True,
             )
             if os.path.exists(ckpt):  # the result is written: the checkpoint has served
                 os.unlink(ckpt)
-            _write_summary(summary_path, summary)
+            write_summary(summary_path, summary)
             return summary
     finally:
         vol.close()
@@ -521,7 +384,7 @@ def segment_volume(
 def output_lock_target(out_spec: str) -> str:
     """What one run owns of an output spec: the HDF5 or npz file (its datasets share it), or
     the zarr array (arrays of one zarr are separate directories)."""
-    kind, path, name = _output_kind(out_spec)
+    kind, path, name = output_kind(out_spec)
     return f"{path.rstrip('/')}/{name}" if kind == "zarr" else path
 
 
@@ -553,25 +416,13 @@ def _fmt_box(box: BoundingBox) -> str:
     return f"{','.join(map(str, box.start))}:{','.join(map(str, box.stop))}"
 
 
-def _write_summary(path: str | os.PathLike | None, summary: dict[str, Any]) -> None:
-    if path is None:
-        return
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(summary, indent=2) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)  # only left if the write or the rename failed
+def write_summary(path: str | os.PathLike | None, summary: dict[str, Any]) -> None:
+    """Write ``summary`` as JSON to ``path`` (atomically; nothing if ``path`` is None)."""
+    if path is not None:
+        atomic_write_text(path, json.dumps(summary, indent=2) + "\n")
 
 
 __all__ = [
-    "SegmentationResult",
-    "segment_subvolume",
-    "segment_many",
-    "segment_volume",
-    "normalize_image",
-    "build_mask",
-    "validate",
+    "SegmentationResult", "hold_output", "model_fingerprint", "output_lock_target", "segment_many", "segment_subvolume",
+    "segment_volume", "write_summary",
 ]

@@ -1,0 +1,159 @@
+"""What segments one block of a blockwise job: the interface, and the FFN Canvas behind it.
+
+A :class:`BlockSegmenter` is called with the image around a block and returns the block's
+local ids; one with ``extend`` can also continue a block from its saved segmentation and
+flood hand-over seeds (:class:`Extension`). :class:`FFNBlockSegmenter` does both with the
+FFN Canvas (:func:`neuroflood.infer.segment.segment_subvolume`), and places its seed policy
+in the job (:meth:`neuroflood.infer.seeds.SeedPolicyFactory.in_job`) so that the blocks
+propose the seeds one subvolume over the whole box would.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, Sequence
+
+import numpy as np
+
+from ..bbox import BoundingBox
+from .handover import extension_ids
+from .inputs import build_mask, normalize_image
+from .movement import MovementRestrictor
+from .results import SegmentationResult
+from .seeds import ImageView, SeedPolicyFactory, explicit_seeds, resolve_seed_policy
+from .segment import segment_subvolume
+from .storage import load_origins
+
+
+class BlockSegmenter(Protocol):
+    """What segments one block: FFN inference in practice, anything with this shape in tests."""
+
+    context: tuple[int, int, int]  # image margin wanted around the block, z,y,x
+
+    def __call__(self, image: np.ndarray, block: BoundingBox, corner: tuple[int, int, int]) -> tuple[np.ndarray, dict]:
+        """Segment ``image[block]`` (``block`` is relative to ``image``, which includes the
+        context and starts at global position ``corner``); return (local ids of the block
+        region, counters)."""
+
+    # Optional, for hand-over rounds (segmenters without it are not handed seeds):
+    # extend(image, block, corner, segmentation, seeds) -> Extension continues from
+    # ``segmentation`` (the block's ids, kept unchanged) and floods from ``seeds`` (global
+    # z, y, x), giving new objects ids above the existing ones.
+
+
+@dataclass
+class Extension:
+    """What a hand-over run of one block made (:meth:`FFNBlockSegmenter.extend`)."""
+
+    segmentation: np.ndarray  # the block's ids: the old ones unchanged, new objects above them
+    counters: dict
+    seeded_from: dict[int, int]  # new object id -> index of the seed it started from
+    # (new id, other id, voxels of the other object the new one's fill covered before it was
+    # cut to free voxels, voxels of the new object, voxels of the other), within the block
+    overlaps: list[tuple[int, int, int, int, int]] = field(default_factory=list)
+
+
+class FFNBlockSegmenter:
+    """Segments a block with the FFN Canvas.
+
+    The Canvas covers the block plus ``fov_context`` = half the FOV on every side (clipped at
+    the volume's edges), so that seeds and FOV centres can reach the block's faces exactly as
+    in a single-subvolume run; the result is cropped to the block. The request's seed policy
+    is resolved once and placed in the job for each block's canvas: grid policies are
+    anchored at ``job_box``'s first voxel (the volume's without one), PolicyPeaks computes its
+    peaks on the image ``context_beyond_canvas`` voxels beyond the canvas, clipped to
+    ``job_box`` (so ``context``, the image asked for around the block, includes that much
+    more), and keeps those inside the canvas.
+    """
+
+    def __init__(self, model: Any, request: Any, job_box: BoundingBox | None = None):
+        self.model = model
+        self.request = request
+        self.job_box = job_box
+        self.seed_policy = resolve_seed_policy(request.seed_policy, request.seed_policy_args, load_origins=load_origins)
+        self.fov_context = tuple(int(f) // 2 for f in model.config.fov_size)
+        pad = self.seed_policy.context_beyond_canvas
+        self.context = tuple(c + pad for c in self.fov_context)
+
+    def canvas_box(self, image: np.ndarray, block: BoundingBox, corner: Sequence[int]) -> tuple[BoundingBox, tuple[int, ...]]:
+        """The canvas box within ``image`` (the block plus half an FOV) and its global corner."""
+        box = block.grow(self.fov_context).clip(image.shape)
+        return box, tuple(int(c + s) for c, s in zip(corner, box.start))
+
+    def block_policy(self, image: np.ndarray, corner: Sequence[int], box: BoundingBox) -> SeedPolicyFactory:
+        """The seed policy for the canvas ``box`` of ``image`` (which starts at global ``corner``)."""
+        canvas = BoundingBox(tuple(int(c + s) for c, s in zip(corner, box.start)), box.size)
+
+        def image_beyond() -> ImageView:
+            # what one subvolume over the job's box sees of the image around this block
+            seen = BoundingBox(tuple(corner), image.shape)
+            if self.job_box is not None:
+                seen = seen.intersection(self.job_box) or seen
+            sub = image[seen.relative_to(corner).to_slices()]
+            restrictor = MovementRestrictor(
+                mask=build_mask(self.request.masks, sub, seen.start), seed_mask=build_mask(self.request.seed_masks, sub, seen.start),
+            )
+            return ImageView(
+                normalize_image(self.model, sub, self.request), restrictor, tuple(self.request.voxel_size),
+                self.fov_context, tuple(seen.start),
+            )
+
+        return self.seed_policy.in_job(self.job_box, canvas, image_beyond)
+
+    def __call__(self, image: np.ndarray, block: BoundingBox, corner: tuple[int, int, int]) -> tuple[np.ndarray, dict]:
+        box, canvas_corner = self.canvas_box(image, block, corner)
+        policy = self.block_policy(image, corner, box)
+        # the corner places masks (volumes, coordinate expressions) where this block is
+        result = segment_subvolume(self.model, image[box.to_slices()], self.request, corner=canvas_corner, seed_policy=policy)
+        return result.segmentation[block.relative_to(box.start).to_slices()], counters_of(result)
+
+    def extend(
+        self, image: np.ndarray, block: BoundingBox, corner: tuple[int, int, int], segmentation: np.ndarray, seeds: np.ndarray
+    ) -> Extension:
+        """Continue the block from ``segmentation`` and flood from ``seeds`` (global z, y, x), in order.
+
+        The block's objects are the canvas's initial segmentation (obstacles, kept as they
+        are); the seeds go through the Canvas as any seed policy's would (a seed on a
+        segmented voxel, too close to one, or that the network does not believe starts no
+        object). New objects get ids above the block's.
+        """
+        box, corner = self.canvas_box(image, block, corner)
+        image, block = image[box.to_slices()], block.relative_to(box.start)
+        init = np.zeros(image.shape, np.int64)
+        init[block.to_slices()] = segmentation
+        result = segment_subvolume(
+            self.model, image, self.request, corner=corner, init_segmentation=init, seed_policy=explicit_seeds(seeds, corner),
+        )
+        canvas_ids = result.segmentation.astype(np.int64)
+        lut = extension_ids(init, canvas_ids, result.local_to_global)  # canvas id -> block id
+        seg = lut[canvas_ids[block.to_slices()]]
+        seed_index = {tuple(int(v) for v in p): k for k, p in enumerate(np.asarray(seeds) - np.asarray(corner))}
+        ids, sizes = np.unique(seg, return_counts=True)
+        size = dict(zip(ids.tolist(), sizes.tolist()))
+
+        def block_id(canvas_id: int) -> int:
+            return int(lut[canvas_id])
+
+        started = {  # only new objects have origins
+            block_id(int(sid)): seed_index[tuple(origin.start_zyx)]
+            for sid, origin in result.origins.items()
+            if block_id(int(sid)) in size
+        }
+        overlaps = [  # objects with voxels in the block, not only in its context
+            (new, block_id(other), count, size[new], size[block_id(other)])
+            for sid, (others, counts) in result.overlaps.items()
+            if (new := block_id(int(sid))) in size
+            for other, count in zip(others, counts)
+            if block_id(other) in size
+        ]
+        return Extension(seg, counters_of(result), started, overlaps)
+
+
+def counters_of(result: SegmentationResult) -> dict:
+    """A SegmentationResult's numeric counters, with its FOV evaluations."""
+    counters = {k: v for k, v in result.counters.items() if isinstance(v, (int, float))}
+    counters["fov_evaluations"] = int(result.fov_evaluations)
+    return counters
+
+
+__all__ = ["BlockSegmenter", "Extension", "FFNBlockSegmenter", "counters_of"]
