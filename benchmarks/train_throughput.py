@@ -58,7 +58,8 @@ def main() -> int:
     from neuroflood.prepare.coordfile import write_coordinates
     from neuroflood.synthetic import make_em_volume
     from neuroflood.train.config import TrainConfig
-    from neuroflood.train.loop import pick_device, train
+    from neuroflood.train.device import pick_device
+    from neuroflood.train.loop import train
     from neuroflood.volume import write_volume
 
     device = pick_device(args.device)

@@ -112,7 +112,7 @@ def data(tmp_path_factory):
 
 def bright_model() -> torch.nn.Module:
     """A 1-level convstack whose update is ``10 * relu(raw / 255) - 3``: it floods exactly the
-    bright regions (as in tests/test_infer_units.py)."""
+    bright regions (as in tests/infer_helpers.py)."""
     cfg = ModelConfig(depth=1, features=1, fov_size=(5, 5, 5), deltas=(2, 2, 2), image_mean=0.0, image_stddev=255.0)
     model = build_model(cfg, seed=0)
     with torch.no_grad():
@@ -349,8 +349,8 @@ def test_damaged_inference_checkpoint_is_named_with_the_fix(data, tmp_path, caps
 
 
 def test_unreadable_inference_checkpoint_is_not_called_corrupt(tmp_path):
-    from neuroflood.infer.storage import load_checkpoint
+    from neuroflood.infer.storage import load_canvas_checkpoint
 
     (tmp_path / "dir.cpoint.npz").mkdir()
     with pytest.raises(CheckpointError, match=r"cannot be read \(Is a directory\)"):
-        load_checkpoint(tmp_path / "dir.cpoint.npz", {})
+        load_canvas_checkpoint(tmp_path / "dir.cpoint.npz", {})

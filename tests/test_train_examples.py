@@ -10,23 +10,21 @@ import torch
 
 from neuroflood.errors import DataError
 from neuroflood.prepare.coordfile import CoordinateShard
+from neuroflood.probability import logit
 from neuroflood.train.config import TrainConfig
-from neuroflood.train.examples import (
-    Augmentation,
-    CoordinateSampler,
-    ExampleGenerator,
+from neuroflood.train.examples import CoordinateSampler, ExampleGenerator
+from neuroflood.train.metrics import EvalTracker
+from neuroflood.train.patches import Augmentation, PatchSource
+from neuroflood.train.policies import (
     FixedPolicy,
     FixedWindowPolicy,
     MaxPredPolicy,
     NoStepPolicy,
-    PatchSource,
     fov_shifts,
-    logit,
     make_policy,
     scored_move_offsets,
     shuffled_shifts,
 )
-from neuroflood.train.metrics import EvalTracker
 from neuroflood.volume import write_volume
 
 THR = logit(0.9)

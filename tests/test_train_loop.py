@@ -20,9 +20,10 @@ from neuroflood.model import build_model, load_model, save_model
 from neuroflood.prepare.coordfile import write_coordinates
 from neuroflood.train.checkpoint import checkpoint_dirs, prune_checkpoints, save_checkpoint
 from neuroflood.train.config import TrainConfig
-from neuroflood.train.loop import TrainingDiverged, train, train_step
 from neuroflood.train.examples import Batch
+from neuroflood.train.loop import TrainingDiverged, train
 from neuroflood.train.optim import TFRMSprop, build_optimizer, clip_gradients, learning_rate
+from neuroflood.train.step import train_step
 from neuroflood.volume import write_volume
 
 TINY = "depth=2,features=4,fov=9,9,9,deltas=2,2,2"  # patch 13³

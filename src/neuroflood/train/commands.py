@@ -1,6 +1,9 @@
 """CLI: ``neuroflood train``.
 
-Options resolve in this order (later wins): TrainConfig defaults, the run directory's
+Every :class:`~neuroflood.train.config.TrainConfig` field is an option ``--field-name`` with
+the field's type, description and default; volumes (``--image``, ``--labels``,
+``--loss-weights``, ``--image-offset-scale``) and the network (``--model``) are parsed by
+hand. Options resolve in this order (later wins): TrainConfig defaults, the run directory's
 ``config.json`` when it is resumed, ``--config FILE``, then the command line. The resolved
 config is written to ``RUN_DIR/config.json``.
 """
@@ -11,8 +14,9 @@ import argparse
 import os
 import re
 import sys
+import types
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Literal, get_args, get_origin
 
 from ..config import ModelConfig, load_config_file, parse_ints
 from ..errors import ConfigError
@@ -20,49 +24,11 @@ from .config import TrainConfig
 
 _NAMED = re.compile(r"^([A-Za-z0-9_.\-]+)=(.+)$")
 
-# (flag, config key, argparse type); help and default come from TrainConfig's fields.
-_SCALARS: list[tuple[str, str, Callable[[str], Any]]] = [
-    ("--coords", "coords", str),
-    ("--eval-coords", "eval_coords", str),
-    ("--run-dir", "run_dir", str),
-    ("--init-from", "init_from", str),
-    ("--seed", "seed", int),
-    ("--batch-size", "batch_size", int),
-    ("--max-steps", "max_steps", int),
-    ("--max-train-seconds", "max_train_seconds", float),
-    ("--optimizer", "optimizer", str),
-    ("--learning-rate", "learning_rate", float),
-    ("--momentum", "momentum", float),
-    ("--adam-beta1", "adam_beta1", float),
-    ("--adam-beta2", "adam_beta2", float),
-    ("--epsilon", "epsilon", float),
-    ("--rmsprop-decay", "rmsprop_decay", float),
-    ("--lr-decay-factor", "lr_decay_factor", float),
-    ("--decay-steps", "decay_steps", int),
-    ("--grad-clip", "grad_clip", float),
-    ("--emulate-workers", "emulate_workers", int),
-    ("--fov-policy", "fov_policy", str),
-    ("--fov-moves", "fov_moves", int),
-    ("--threshold", "threshold", float),
-    ("--seed-pad", "seed_pad", float),
-    ("--fixed-window-radius", "fixed_window_radius", int),
-    ("--apply-adjustment-to", "apply_adjustment_to", str),
-    ("--device", "device", str),
-    ("--precision", "precision", str),
-    ("--threads", "threads", int),
-    ("--summary-every-secs", "summary_every_secs", float),
-    ("--summary-every-steps", "summary_every_steps", int),
-    ("--eval-every-steps", "eval_every_steps", int),
-    ("--eval-every-secs", "eval_every_secs", float),
-    ("--eval-examples", "eval_examples", int),
-    ("--checkpoint-every-secs", "checkpoint_every_secs", float),
-    ("--checkpoint-every-steps", "checkpoint_every_steps", int),
-    ("--keep-last", "keep_last", int),
-    ("--keep-every-hours", "keep_every_hours", float),
-]
-_SWITCHES = ["shuffle_moves", "shuffle_coordinates", "legacy_max_pred", "channels_last", "tensorboard", "progress"]
-_AXES = [("--permutable-axes", "permutable_axes"), ("--reflectable-axes", "reflectable_axes")]
-_RANGES = [("--contrast-factor-range", "contrast_factor_range"), ("--brightness-factor-range", "brightness_factor_range")]
+# Every TrainConfig field is the option --field-name, its type, help and default taken from
+# the field; these are the exceptions.
+_BY_HAND = {"images", "labels", "loss_weights", "image_offset_scale", "model"}  # --image, ..., --model
+_NOT_ON_CLI = {"adagrad_initial_accumulator"}  # set in --config FILE
+_CHOICES = {"lr_scaling"}  # refused by argparse, not by the config's validation
 
 
 def _help(key: str) -> str:
@@ -71,6 +37,46 @@ def _help(key: str) -> str:
     choices = getattr(f.annotation, "__args__", None)
     extra = f"; one of {', '.join(map(str, choices))}" if choices and all(isinstance(c, str) for c in choices) else ""
     return f"{f.description}{extra} ({'required' if default == '' else f'default: {default}'})"
+
+
+def _kind(key: str) -> Any:
+    """The option kind of a field: bool, int, float or str; "axes" (tuple of ints) or "range" (two floats)."""
+    annotation = TrainConfig.model_fields[key].annotation
+    if isinstance(annotation, types.UnionType):  # X | None
+        (annotation,) = [a for a in get_args(annotation) if a is not type(None)]
+    if get_origin(annotation) is Literal:
+        return str
+    if get_origin(annotation) is tuple:
+        return "axes" if Ellipsis in get_args(annotation) else "range"
+    return annotation
+
+
+def _derived_options() -> list[tuple[str, str, Any]]:
+    """(flag, config key, kind) of the options derived from TrainConfig's fields, in field order."""
+    keys = [k for k in TrainConfig.model_fields if k not in _BY_HAND | _NOT_ON_CLI]
+    return [("--" + k.replace("_", "-"), k, _kind(k)) for k in keys]
+
+
+def _add_option(p: argparse.ArgumentParser, flag: str, key: str, kind: Any) -> None:
+    if kind is bool:
+        p.add_argument(flag, dest=key, action=argparse.BooleanOptionalAction, help=_help(key))
+    elif kind == "axes":
+        p.add_argument(flag, dest=key, metavar="AXES", help=_help(key) + "; '' for none")
+    elif kind == "range":
+        p.add_argument(flag, dest=key, metavar="LO,HI", help=_help(key))
+    elif key in _CHOICES:
+        p.add_argument(flag, dest=key, choices=list(get_args(TrainConfig.model_fields[key].annotation)), help=_help(key))
+    else:
+        p.add_argument(flag, type=kind, dest=key, help=_help(key))
+
+
+def _parse_option(flag: str, kind: Any, value: Any) -> Any:
+    """The config value of an option whose text argparse does not convert."""
+    if kind == "axes":
+        return parse_ints(value, len([v for v in value.split(",") if v.strip()]), flag) if value.strip() else ()
+    if kind == "range":
+        return tuple(_floats(value, flag))
+    return value
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -96,18 +102,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--loss-weights", action="append", metavar="[NAME=]SPEC", help="optional per-voxel loss-weight volume, as --image")
     p.add_argument("--model", metavar="SPEC", help="network, e.g. depth=12,features=32,fov=33,33,33,deltas=8,8,8,mean=128,stddev=33 (default: the FIB-25 geometry)")
     p.add_argument("--image-offset-scale", action="append", metavar="NAME:MEAN:STDDEV", help=_help("image_offset_scale"))
-    for flag, key, typ in _SCALARS:
-        p.add_argument(flag, type=typ, dest=key, help=_help(key))
-    for key in _SWITCHES:
-        flag = key.replace("_", "-")
-        p.add_argument(f"--{flag}", dest=key, action=argparse.BooleanOptionalAction, help=_help(key))
-    for flag, key in _AXES:
-        p.add_argument(flag, dest=key, metavar="AXES", help=_help(key) + "; '' for none")
-    for flag, key in _RANGES:
-        p.add_argument(flag, dest=key, metavar="LO,HI", help=_help(key))
-    p.add_argument("--lr-scaling", dest="lr_scaling", choices=["none", "linear", "sqrt"], help=_help("lr_scaling"))
-    p.add_argument("--warmup-steps", dest="warmup_steps", type=int, help=_help("warmup_steps"))
-    p.add_argument("--fixed-sample-budget", dest="fixed_sample_budget", action=argparse.BooleanOptionalAction, help=_help("fixed_sample_budget"))
+    for flag, key, kind in _derived_options():
+        _add_option(p, flag, key, kind)
     p.add_argument("--nproc-per-node", dest="nproc_per_node", type=int, metavar="N", help="start N local data-parallel workers (torchrun's agent; one GPU each on a GPU machine); see docs/distributed.md for torchrun and srun")
     p.add_argument("--max-restarts", dest="max_restarts", type=int, metavar="K", help="with --nproc-per-node: restart all workers up to K times after a failure, resuming from the latest checkpoint (default: 0)")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, help="continue from the run directory's latest checkpoint (default: when it has one; --no-resume refuses a run directory that has checkpoints)")
@@ -133,13 +129,10 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
     layers: list[dict[str, Any]] = []
     sources: list[str] = []  # the file of each layer, for messages
     run_dir = a.get("run_dir")
-    resume = a.get("resume")
     if run_dir:
-        from .checkpoint import latest_checkpoint
+        from .checkpoint import resume_from
 
-        latest = latest_checkpoint(run_dir)
-        if latest is not None and resume is False:
-            raise ConfigError(f"{run_dir} already holds checkpoints (latest {latest.name}); resume it (--resume) or choose a new --run-dir")
+        latest = resume_from(run_dir, a.get("resume"))
         if latest is not None and (Path(run_dir) / "config.json").exists():
             layers.append(load_config_file(Path(run_dir) / "config.json"))
             sources.append(str(Path(run_dir) / "config.json"))
@@ -162,21 +155,9 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
             except ValueError:
                 raise ConfigError(f"--image-offset-scale {item!r}: MEAN and STDDEV must be numbers") from None
         cli["image_offset_scale"] = table
-    for _, key, _ in _SCALARS:
+    for flag, key, kind in _derived_options():
         if key in a:
-            cli[key] = a[key]
-    for key in ("lr_scaling", "warmup_steps", "fixed_sample_budget"):
-        if key in a:
-            cli[key] = a[key]
-    for key in _SWITCHES:
-        if key in a:
-            cli[key] = a[key]
-    for flag, key in _AXES:
-        if key in a:
-            cli[key] = parse_ints(a[key], len([v for v in a[key].split(",") if v.strip()]), flag) if a[key].strip() else ()
-    for flag, key in _RANGES:
-        if key in a:
-            cli[key] = tuple(_floats(a[key], flag))
+            cli[key] = _parse_option(flag, kind, a[key])
     # The network: each layer's [model] table refines the one below; --model last.
     model = ModelConfig()
     for layer, source in zip(layers, sources):
@@ -221,7 +202,9 @@ def _train(args: argparse.Namespace) -> int:
     if config.threads:
         torch.set_num_threads(config.threads)  # once, before any work: resetting later slows CPU steps
     from .distributed import launch_training, run_training
-    from .loop import hold_run_dir, resolve_config, summary_line
+    from .inputs import resolve_config
+    from .metrics import summary_line
+    from .rundir import hold_run_dir
 
     if nproc is not None:
         from ..distributed import in_launched_job

@@ -12,7 +12,7 @@ single-worker trainer; inside a job started by ``torchrun``, ``srun``, ``mpiexec
   coordinates, with random streams ``SeedSequence([seed, worker, stream])`` for its worker
   indices ``rank·E … rank·E + E − 1`` (recorded in ``RUN_DIR/launches.jsonl``);
 * gradients are averaged by DDP's all-reduce, then clipped element-wise (±0.7), then the
-  optimizer steps (:func:`neuroflood.train.loop.train_step`);
+  optimizer steps (:func:`neuroflood.train.step.train_step`);
 * the learning rate target is ``base × {1, N, √N}`` (``lr_scaling``) with N = ranks ×
   emulated workers per rank, ramped linearly from 0 over ``warmup_steps``; with
   ``fixed_sample_budget`` the run takes ``max_steps // N`` steps;
@@ -37,10 +37,12 @@ import torch
 
 from ..distributed import NPROC_IN_JOB, DistInfo, cleanup, in_launched_job, init_distributed, launch_local
 from ..errors import CheckpointError, ConfigError
-from .checkpoint import latest_checkpoint
+from .checkpoint import latest_checkpoint, resume_from
 from .config import TrainConfig
-from .loop import TrainResult, hold_run_dir, resolve_config, train
+from .inputs import resolve_config
+from .loop import TrainResult, train
 from .optim import lr_scale
+from .rundir import hold_run_dir
 
 LAUNCHES = "launches.jsonl"
 
@@ -61,7 +63,7 @@ def run_training(config: TrainConfig, resume: bool | None = None) -> TrainResult
         # DDP's reducer holds the process group and DDP modules sit in reference cycles:
         # free them while the interpreter is whole, before the group goes. Left to interpreter
         # exit, gloo's threads were sometimes torn down mid-finalization (SIGABRT, "terminate
-        # called without an active exception", ~1 run in 17 of the 2-rank test).
+        # called without an active exception").
         gc.collect()
         cleanup()
 
@@ -168,8 +170,7 @@ def launch_training(config: TrainConfig, nproc: int, max_restarts: int = 0, resu
         raise ConfigError(f"--max-restarts must be >= 0, got {max_restarts}")
     config = resolve_config(config)
     run_dir = Path(config.run_dir)
-    if resume is True and latest_checkpoint(run_dir) is None:
-        raise ConfigError(f"--resume given, but {run_dir} holds no checkpoint; drop --resume to start a new run")
+    resume_from(run_dir, resume)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:

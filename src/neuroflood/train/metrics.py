@@ -1,19 +1,26 @@
-"""Training metrics as google/ffn's ``EvalTracker`` counts them (ffn-algorithms.md §2.8).
+"""Training metrics: google/ffn's ``EvalTracker`` counts, and the run's metrics log.
 
-A finished training example (a patch whose FOV policy is exhausted) is scored on the centre
-eval crop (49³ for FIB-25 geometry): prediction ``logit >= logit(0.9)`` (fixed, independent
-of the move threshold) against ``label > 0.5``, giving TP/TN/FP/FN, plus the weighted
-sigmoid cross-entropy of the crop (``patch_loss``). Every FOV move is counted as correct
-(wanted and executed), missed (wanted, not executed) or spurious (executed, not wanted),
-overall and per radius ``int(|offset|)``. Counters accumulate until :meth:`EvalTracker.reset`.
+:class:`EvalTracker` scores finished training examples as the reference does
+(ffn-algorithms.md §2.8): on the centre eval crop (49³ for FIB-25 geometry), prediction
+``logit >= logit(0.9)`` (fixed, independent of the move threshold) against ``label > 0.5``,
+giving TP/TN/FP/FN, plus the weighted sigmoid cross-entropy of the crop (``patch_loss``).
+Every FOV move is counted as correct (wanted and executed), missed (wanted, not executed) or
+spurious (executed, not wanted), overall and per radius ``int(|offset|)``. Counters
+accumulate until :meth:`EvalTracker.reset`.
+
+:class:`MetricsLog` owns the summaries of a run: it accumulates steps between summaries and
+writes each summary to ``RUN_DIR/metrics.jsonl`` and TensorBoard.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import sys
+import time
 from collections import defaultdict, deque
-from typing import Any, Sequence
+from contextlib import contextmanager
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -149,24 +156,115 @@ def _ortho_panel(labels: np.ndarray, logits: np.ndarray, weights: np.ndarray) ->
 
 
 class MetricsLog:
-    """Writes summaries to ``RUN_DIR/metrics.jsonl`` (one JSON object per line) and TensorBoard.
+    """The run's summaries: accumulated between writes, written to metrics.jsonl and TensorBoard.
 
-    The JSON-lines file is the contract read by scripts and dashboards: every line has
-    ``step``, ``time_s``, ``split`` (``train`` or ``eval``), ``fovs_per_s``, ``loss``,
-    ``accuracy``, ``precision``, ``recall`` and ``f1`` (``null`` where undefined), plus the
-    other tracker values. Lines are flushed as they are written.
+    Each optimizer step is counted with :meth:`track_step`; :meth:`summarize` turns the
+    steps since the last summary (and the :class:`EvalTracker`'s counts) into one ``train``
+    record with the interval's FOVs/s and steps/s, writes it and starts the next interval.
+    Time spent inside :meth:`paused` (evaluation, checkpoints) does not count against the
+    rates. :meth:`write_eval` writes an ``eval`` record.
+
+    ``RUN_DIR/metrics.jsonl`` (one JSON object per line, flushed as written) is the contract
+    read by scripts and dashboards: every line has ``step``, ``time_s``, ``split`` (``train``
+    or ``eval``), ``fovs_per_s``, ``loss``, ``accuracy``, ``precision``, ``recall`` and ``f1``
+    (``null`` where undefined), plus the other tracker values; ``train`` lines end with
+    ``steps_per_s`` and ``learning_rate``. With ``run_dir=None`` (ranks other than 0) nothing
+    is written; the records are still returned.
+
+    Parameters
+    ----------
+    run_dir : str or None
+    tracker : EvalTracker
+        The training generators' tracker; reset after each summary.
+    fovs_per_step : int
+        FOVs of one step over all workers (the global batch).
+    tensorboard : bool
+        Also write TensorBoard events to ``RUN_DIR/tb``.
+    progress : bool
+        Show a tqdm progress bar on stderr, from ``step`` to ``total_steps`` (None: open-ended).
     """
 
-    def __init__(self, run_dir: str, tensorboard: bool = True):
-        self.path = f"{run_dir}/metrics.jsonl"
-        self._file = open(self.path, "a", buffering=1)
+    def __init__(
+        self,
+        run_dir: str | None,
+        tracker: EvalTracker,
+        fovs_per_step: int = 1,
+        tensorboard: bool = True,
+        progress: bool = False,
+        total_steps: int | None = None,
+        step: int = 0,
+    ):
+        self.tracker, self.fovs_per_step = tracker, fovs_per_step
+        self.path = f"{run_dir}/metrics.jsonl" if run_dir is not None else None
+        self._file = open(self.path, "a", buffering=1) if self.path is not None else None
         self._tb = None
-        if tensorboard:
+        if tensorboard and run_dir is not None:
             from torch.utils.tensorboard import SummaryWriter
 
             self._tb = SummaryWriter(f"{run_dir}/tb")
+        from tqdm import tqdm
+
+        self._bar = tqdm(total=total_steps, initial=step, disable=not progress, file=sys.stderr, unit="step", dynamic_ncols=True)
+        self.smoothed_loss: float | None = None
+        self.learning_rate = 0.0  # of the last step counted
+        self._start_interval()
+
+    def _start_interval(self) -> None:
+        self._interval_start, self._interval_steps = time.perf_counter(), 0
+
+    def __enter__(self) -> "MetricsLog":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def track_step(self, loss: float, learning_rate: float) -> None:
+        """Count one optimizer step: its loss (over the FOVs of all workers) and learning rate."""
+        self.tracker.track_step(loss, self.fovs_per_step)
+        self._interval_steps += 1
+        self.learning_rate = learning_rate
+        self.smoothed_loss = loss if self.smoothed_loss is None else 0.95 * self.smoothed_loss + 0.05 * loss
+        self._bar.update(1)
+
+    @property
+    def pending(self) -> bool:
+        """Whether steps were counted since the last summary."""
+        return self._interval_steps > 0
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Time spent in this block does not count against the interval's FOVs/s and steps/s."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._interval_start += time.perf_counter() - t0
+
+    def summarize(self, step: int, time_s: float) -> dict[str, Any]:
+        """Write the ``train`` record of the steps since the last summary and start anew."""
+        seconds = max(time.perf_counter() - self._interval_start, 1e-9)
+        fovs_per_s = self._interval_steps * self.fovs_per_step / seconds
+        metrics = self.tracker.summary()
+        metrics["steps_per_s"] = self._interval_steps / seconds
+        record = {"step": step, "time_s": round(time_s, 3), "split": "train", "fovs_per_s": fovs_per_s, **metrics}
+        record["learning_rate"] = self.learning_rate
+        self.write(record, list(self.tracker.images))
+        self.tracker.reset()
+        self._bar.set_postfix(loss=f"{self.smoothed_loss:.4f}", f1=_fmt(metrics["f1"]), fovs_s=f"{fovs_per_s:.2f}", refresh=False)
+        self._start_interval()
+        return record
+
+    def write_eval(self, step: int, time_s: float, metrics: dict[str, Any]) -> dict[str, Any]:
+        """Write the ``eval`` record of an evaluation's summary (which holds its ``fovs_per_s``)."""
+        metrics = dict(metrics)
+        record = {"step": step, "time_s": round(time_s, 3), "split": "eval", "fovs_per_s": metrics.pop("fovs_per_s"), **metrics}
+        self.write(record)
+        return record
 
     def write(self, record: dict[str, Any], images: Sequence[np.ndarray] = ()) -> None:
+        """Append ``record`` (non-finite numbers as ``null``) and its images, if this log writes."""
+        if self._file is None:
+            return
         record = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()}
         self._file.write(json.dumps(record, allow_nan=False, default=_json_default) + "\n")
         if self._tb is not None:
@@ -179,9 +277,21 @@ class MetricsLog:
             self._tb.flush()
 
     def close(self) -> None:
-        self._file.close()
+        self._bar.close()
+        if self._file is not None:
+            self._file.close()
         if self._tb is not None:
             self._tb.close()
+
+
+def summary_line(record: dict[str, Any]) -> str:
+    """A short human-readable line for a metrics record."""
+    keys = ("step", "split", "loss", "accuracy", "precision", "recall", "f1", "fovs_per_s")
+    return json.dumps({k: (round(record[k], 4) if isinstance(record.get(k), float) else record.get(k)) for k in keys})
+
+
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
 
 
 def _json_default(v: Any) -> Any:

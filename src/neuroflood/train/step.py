@@ -1,0 +1,120 @@
+"""One synchronous training step, and the forward-only steps of an evaluation.
+
+:func:`train_step` is google/ffn's step (ffn-algorithms.md §2.6): weighted sigmoid
+cross-entropy over batch × FOV, gradients of several workers averaged (one allreduce under
+DDP), the element-wise clip, then the update; a non-finite loss leaves the weights alone.
+:func:`evaluate_held_out` runs full trajectories on held-out coordinates with the same policy and
+metrics, without augmentation or weight updates.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..prepare.coordfile import open_coordinates
+from .config import TrainConfig
+from .examples import Batch, ExampleGenerator
+from .metrics import EvalTracker
+from .optim import clip_gradients, set_learning_rate
+from .patches import PatchSource
+
+
+def weighted_sigmoid_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``mean(weights · sigmoid_xent(logits, labels))`` over batch × FOV (float32)."""
+    return F.binary_cross_entropy_with_logits(logits.float(), labels, weight=weights)
+
+
+def train_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: Sequence[Batch],
+    lr: float,
+    grad_clip: float | None,
+    device: torch.device,
+    autocast_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+) -> tuple[float, list[torch.Tensor]]:
+    """One synchronous step over the batches of several workers; returns (loss, logits).
+
+    Gradients of the workers' mean losses are averaged (accumulated with ``no_sync`` under
+    DDP, so the allreduce runs once, after the last backward); then the element-wise clip,
+    then the update. The loss is checked before the update: a non-finite loss returns
+    without touching the weights. The logits are the forward pass's (before the update), as
+    the reference writes them back.
+    """
+    set_learning_rate(optimizer, lr)
+    optimizer.zero_grad(set_to_none=True)
+    n = len(batches)
+    losses, outputs = [], []
+    fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
+    for i, b in enumerate(batches):
+        image, seed, labels, weights = (
+            t.to(device, non_blocking=True).contiguous(memory_format=fmt) for t in (b.image, b.seed, b.labels, b.weights)
+        )
+        sync = model.no_sync() if (i < n - 1 and hasattr(model, "no_sync")) else nullcontext()
+        with sync:
+            amp = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
+            with amp:
+                logits = model(image, seed)
+            loss = weighted_sigmoid_loss(logits, labels, weights)
+            (loss / n).backward()
+        losses.append(loss.detach())
+        outputs.append(logits.detach().float())
+    loss_value = float(torch.stack(losses).mean())
+    if not math.isfinite(loss_value):
+        return loss_value, outputs
+    clip_gradients(model.parameters(), grad_clip)
+    optimizer.step()
+    return loss_value, outputs
+
+
+# ------------------------------------------------------------------------------------------
+# Evaluation on held-out coordinates (no weight updates)
+# ------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def evaluate_held_out(
+    model: torch.nn.Module,
+    config: TrainConfig,
+    source: PatchSource,
+    coords_path: str,
+    device: torch.device,
+    autocast_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+) -> dict[str, Any]:
+    """Run full trajectories on the first ``eval_examples`` held-out coordinates.
+
+    Same policy and metrics as training, no augmentation; returns the tracker summary with
+    ``loss`` (mean FOV loss), ``fovs`` and ``fovs_per_s``.
+    """
+    coords = open_coordinates(coords_path)
+    shard = coords.shard(0, 1)
+    n = min(len(shard), config.eval_examples)
+    shard = type(shard)(shard.centers[:n], shard.volume_index[:n], shard.volume_names)
+    tracker = EvalTracker(config.eval_size())
+    gen = ExampleGenerator(config, source.for_volumes(coords.volume_names), shard, tracker, train=False)
+    fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
+    t0 = time.perf_counter()
+    was_training = model.training
+    model.eval()
+    try:
+        while (batch := gen.next_batch()) is not None:
+            image, seed, labels, weights = (t.to(device).contiguous(memory_format=fmt) for t in (batch.image, batch.seed, batch.labels, batch.weights))
+            amp = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
+            with amp:
+                logits = model(image, seed)
+            tracker.track_step(float(weighted_sigmoid_loss(logits, labels, weights)), len(batch))
+            gen.update(logits)
+    finally:
+        model.train(was_training)
+    out = tracker.summary()
+    out["fovs_per_s"] = tracker.fovs / max(time.perf_counter() - t0, 1e-9)
+    return out
+
