@@ -48,16 +48,14 @@ class DemoSize:
 
 
 SIZES = {
-    # The FOV-11 network trains ~10x more FOVs per second than a FOV-17 one on CPU, and the
-    # demo's data are a little easier than `synth`'s default (fewer, larger neurites, less
-    # noise), so that 6.5 minutes of 2-core training segment the test volume well
-    # (docs/benchmarks.md, "The demo"). A 1,000-step warm-up and halving the learning rate
-    # every 3,000 steps (~80 s) keep training from ending leaky: at a constant 1e-3, one seed
-    # in three merged many cells. The test volume is segmented with 8 voxels of image context
-    # on every side and evaluated inside it, as CREMI pads its test volumes: PolicyPeaks seeds
-    # no cell whose widest part lies outside the image, so without context every cell cut by
-    # the volume's faces stays unsegmented (a third of the 64x96x96 volume's outer shell).
-    # Sizes keep a fresh clone's `make demo` (install included) well under 10 minutes.
+    # Chosen so that a fresh clone's `make demo` (install included) takes well under 10
+    # minutes on 2 CPU cores and segments the test volume well (docs/benchmarks.md, "The
+    # demo"): a FOV-11 network (many more FOVs per second than FOV-17 on CPU), data a little
+    # easier than `synth`'s default (fewer, larger neurites, less noise), a 1,000-step warm-up
+    # and the learning rate halved every 3,000 steps so that training does not end leaky. The
+    # test volume is segmented with 8 voxels of image context on every side and evaluated
+    # inside it, as CREMI pads its test volumes: PolicyPeaks seeds no cell whose widest part
+    # lies outside the image, so without context the cells cut by the faces stay unsegmented.
     "full": DemoSize(
         (96, 128, 128), (64, 96, 96), "depth=4,features=16,fov=11,11,11,deltas=3,3,3", 390.0, 100000, 4, 300,
         ("--density", "2", "--noise", "5"), lr_decay=(0.5, 3000), warmup_steps=1000, test_context=8,

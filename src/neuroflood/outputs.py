@@ -151,3 +151,37 @@ def container_path(spec: str) -> str:
     if ":" in spec and not os.path.exists(spec):
         return spec.rsplit(":", 1)[0]
     return spec
+
+
+FILES_MANIFEST = ".neuroflood-files.json"
+
+
+def claim_files(directory: str | os.PathLike, names: list[str] | tuple[str, ...], command: str) -> None:
+    """Record ``names`` in ``directory`` as ``command``'s files; refuse files someone else wrote.
+
+    For commands that write a few named files into a directory that may hold other things
+    (``evaluate``, ``report``, ``study``): a file that exists and that no earlier run of the same
+    command wrote (per the directory's manifest, :data:`FILES_MANIFEST`) is never replaced.
+    Call it before the work, so that a refusal costs nothing.
+    """
+    from .atomic import atomic_write_text
+
+    folder = Path(directory)
+    manifest = _read_manifest(folder)
+    for name in names:
+        if (folder / name).exists() and manifest.get(name) != command:
+            raise ConfigError(
+                f"{folder / name} exists and was not written by neuroflood {command}, which never replaces "
+                "files it did not write; choose another output directory"
+            )
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest.update({name: command for name in names})
+    atomic_write_text(folder / FILES_MANIFEST, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+
+
+def _read_manifest(folder: Path) -> dict[str, str]:
+    try:
+        data = json.loads((folder / FILES_MANIFEST).read_text())
+    except (OSError, ValueError):
+        return {}
+    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}

@@ -11,8 +11,6 @@ A volume is made in four steps, all driven by one seeded generator:
    labels change (about two voxels thick), a few darker organelle-like blobs with a dark rim,
    then blur and noise.
 4. **Types.** ``uint8`` image, ``uint64`` labels, ids 1..N (0 never occurs).
-
-``make_em_volume((128, 128, 128), seed=0)`` takes about two seconds on two cores.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from .metrics import ERROR_CLASSES, Contingency, _majority_maps, error_classes
+from .metrics import ERROR_CLASSES, Contingency, error_classes, majority_maps
 
 __all__ = [
     "to_png",
@@ -98,7 +98,7 @@ def matched_color_ids(table: Contingency, seg: np.ndarray) -> np.ndarray:
 
     Own ids are offset into a range that cannot clash with object ids.
     """
-    (seg_ids, seg_main), (gt_ids, gt_main) = _majority_maps(table)
+    (seg_ids, seg_main), (gt_ids, gt_main) = majority_maps(table)
     s = np.asarray(seg).astype(np.uint64)
     idx = np.clip(np.searchsorted(seg_ids, s), 0, len(seg_ids) - 1)
     main_gt = np.where(seg_ids[idx] == s, seg_main[idx], 0)

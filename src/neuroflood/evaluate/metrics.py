@@ -141,9 +141,9 @@ def contingency_table(seg: Any, gt: Any, progress: bool = False) -> Contingency:
     parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     segment_ids: list[np.ndarray] = []
     unlabelled_segmented = 0
-    for slab in _slabs(gt.shape, progress, "contingency"):
-        g = _read_labels(gt, slab, "ground truth")
-        s = _read_labels(seg, slab, "segmentation")
+    for slab in iter_slabs(gt.shape, progress, "contingency"):
+        g = read_labels(gt, slab, "ground truth")
+        s = read_labels(seg, slab, "segmentation")
         labelled = g != 0
         outside = s[~labelled]
         unlabelled_segmented += int(np.count_nonzero(outside))
@@ -187,7 +187,7 @@ def segmentation_metrics(table: Contingency) -> dict[str, Any]:
     # The same over segmented voxels only: shape errors without the coverage term.
     only = _vi_and_rand(table.gt[segmented], table.seg[segmented], table.count[segmented]) if segmented.any() else None
 
-    main_gt, main_seg = _majority_maps(table)
+    main_gt, main_seg = majority_maps(table)
     is_main_gt = table.gt == main_gt[1][np.searchsorted(main_gt[0], table.seg)]
     is_main_seg = table.seg == main_seg[1][np.searchsorted(main_seg[0], table.gt)]
     n_segmented = n - unsegmented
@@ -285,7 +285,7 @@ def error_classes(table: Contingency, seg: np.ndarray, gt: np.ndarray) -> np.nda
 
     ``seg``/``gt`` are arrays cut from the volumes the table was computed on (e.g. one slice).
     """
-    (seg_ids, seg_main_gt), (gt_ids, gt_main_seg) = _majority_maps(table)
+    (seg_ids, seg_main_gt), (gt_ids, gt_main_seg) = majority_maps(table)
     g = np.asarray(gt).astype(np.uint64, copy=False)
     s = np.asarray(seg).astype(np.uint64, copy=False)
     merge = (s != 0) & (_lookup(seg_ids, seg_main_gt, s) != g)
@@ -339,7 +339,8 @@ def _f1(p: float, r: float) -> float:
     return 2 * p * r / (p + r) if p + r else 0.0
 
 
-def _slabs(shape: tuple[int, ...], progress: bool, what: str) -> Iterator[slice]:
+def iter_slabs(shape: tuple[int, ...], progress: bool, what: str) -> Iterator[slice]:
+    """Slices along z that cut a volume of ``shape`` into slabs of about 16 Mi voxels."""
     from tqdm import tqdm
 
     plane = max(1, int(shape[1]) * int(shape[2]))
@@ -349,7 +350,8 @@ def _slabs(shape: tuple[int, ...], progress: bool, what: str) -> Iterator[slice]
         yield slice(z0, min(int(shape[0]), z0 + step))
 
 
-def _read_labels(vol: Any, slab: slice, name: str) -> np.ndarray:
+def read_labels(vol: Any, slab: slice, name: str) -> np.ndarray:
+    """Slab ``slab`` of a label volume as uint64; negative ids raise :class:`DataError`."""
     data = np.asarray(vol[slab])
     if data.dtype.kind == "i":
         if data.size and data.min() < 0:
@@ -406,7 +408,7 @@ def _argmax_by_group(keys: np.ndarray, values: np.ndarray, counts: np.ndarray) -
     return k[first], values[order][first]
 
 
-def _majority_maps(table: Contingency) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+def majority_maps(table: Contingency) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """(segment → its main gt object) and (gt object → its main non-zero segment), as sorted arrays.
 
     An object with no segmented voxel maps to segment 0; segment 0 maps to gt 0.
@@ -466,9 +468,9 @@ def _error_coordinates(seg: Any, gt: Any, pieces: set[tuple[tuple[int, int], tup
 
     ids = np.array(sorted({i for err in pieces for pair in err for i in pair}), np.uint64)
     best: dict = {}
-    for slab in _slabs(gt.shape, progress, "error coordinates"):
-        g = _read_labels(gt, slab, "ground truth")
-        s = _read_labels(seg, slab, "segmentation")
+    for slab in iter_slabs(gt.shape, progress, "error coordinates"):
+        g = read_labels(gt, slab, "ground truth")
+        s = read_labels(seg, slab, "segmentation")
         relevant = np.isin(s, ids) & np.isin(g, ids)
         if not relevant.any():
             continue

@@ -13,8 +13,7 @@ import datetime as _dt
 import html
 import json
 import os
-import shutil
-import tempfile
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -22,6 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .. import __version__
+from ..atomic import atomic_file
 from ..errors import ConfigError
 
 __all__ = [
@@ -133,10 +133,18 @@ class Report:
         lines.append(f"neuroflood {__version__} · {_now()}")
         return "\n".join(lines) + "\n"
 
-    def write(self, out_dir: str | os.PathLike, extra: dict[str, bytes] | None = None) -> Path:
-        """Write report.html, report.md, the PNGs and ``extra`` files into ``out_dir``."""
+    def write(self, out_dir: str | os.PathLike, command: str, extra: dict[str, bytes] | None = None) -> Path:
+        """Write report.html, report.md, the PNGs and ``extra`` files into ``out_dir``.
+
+        ``command`` (``"evaluate"``, ``"report"``) owns them: files in ``out_dir`` that another
+        command or the user wrote are never replaced (:func:`neuroflood.outputs.claim_files`).
+        """
+        from ..outputs import claim_files
+
         files = {"report.html": self.to_html().encode(), "report.md": self.to_markdown().encode(), **self.figures}
         files.update(extra or {})
+        check_output_dir(out_dir)
+        claim_files(out_dir, sorted(files), command)
         return write_atomically(out_dir, files)
 
 
@@ -178,21 +186,17 @@ def check_output_file(path: str | os.PathLike, what: str) -> None:
 
 
 def write_atomically(out_dir: str | os.PathLike, files: dict[str, bytes]) -> Path:
-    """Write every file to a temporary directory beside ``out_dir``, then move each into place.
+    """Write every file under a temporary name beside its target, then move each into place.
 
-    A crash leaves either the old file or the new one, never a partial file.
+    Nothing is replaced unless every file was written; a crash leaves either the old file or
+    the new one, never a partial file.
     """
     out = Path(out_dir)
     check_output_dir(out)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".report-", dir=out))
-    try:
+    with ExitStack() as staged:  # on leaving, each complete file is renamed into place
         for name, data in files.items():
-            (tmp / name).write_bytes(data)
-        for name in files:
-            os.replace(tmp / name, out / name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            staged.enter_context(atomic_file(out / name)).write(data)
     return out
 
 
@@ -314,7 +318,7 @@ def write_evaluation_report(
         ] or [["none", "", "", "", "", ""]],
     )
     report.paragraph("Coordinates are z, y, x voxels in the ground-truth volume; look at them with `neuroflood view`.")
-    report.write(out_dir, {"metrics.json": (json.dumps(result, indent=2) + "\n").encode()})
+    report.write(out_dir, "evaluate", {"metrics.json": (json.dumps(result, indent=2) + "\n").encode()})
     return result
 
 

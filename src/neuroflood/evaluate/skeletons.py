@@ -26,7 +26,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from ..errors import ConfigError
-from .metrics import _read_labels, _slabs
+from .metrics import iter_slabs, read_labels
 
 __all__ = ["skeletonize_ground_truth", "expected_run_length"]
 
@@ -116,10 +116,10 @@ def expected_run_length(skeletons: Skeletons, seg: Any, voxel_size: Sequence[flo
 def _labels_at(vol: Any, voxels: np.ndarray) -> np.ndarray:
     """Labels of ``vol`` at integer z, y, x ``voxels``, read slab by slab."""
     out = np.zeros(len(voxels), np.uint64)
-    for slab in _slabs(vol.shape, False, "labels"):
+    for slab in iter_slabs(vol.shape, False, "labels"):
         here = (voxels[:, 0] >= slab.start) & (voxels[:, 0] < slab.stop)
         if here.any():
-            data = _read_labels(vol, slab, "segmentation")
+            data = read_labels(vol, slab, "segmentation")
             v = voxels[here]
             out[here] = data[v[:, 0] - slab.start, v[:, 1], v[:, 2]]
     return out

@@ -125,7 +125,7 @@ def write_training_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike
         report.table(["key", "value"], [[k, json.dumps(v) if not isinstance(v, str) else v] for k, v in _flatten(config).items()])
 
     result = {"run_dir": str(run), "n_records": len(records), "last": summary["last"]}
-    report.write(out, {"summary.json": (json.dumps(result, indent=2) + "\n").encode()})
+    report.write(out, "report", {"summary.json": (json.dumps(result, indent=2) + "\n").encode()})
     return result
 
 

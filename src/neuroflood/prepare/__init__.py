@@ -8,6 +8,10 @@ from __future__ import annotations
 from .._lazy import lazy_getattr
 
 _API = {
+    "prepare_coordinates": ".pipeline",
+    "convert_tfrecords": ".pipeline",
+    "PrepareConfig": ".config",
+    "PartitionParams": ".params",
     "CoordinateSet": ".coordfile",
     "CoordinateShard": ".coordfile",
     "open_coordinates": ".coordfile",

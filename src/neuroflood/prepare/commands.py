@@ -1,36 +1,33 @@
 """CLI: ``neuroflood prepare`` (partitions + balanced coordinates, or a TFRecord conversion).
 
-The output directory is built next to its final place under a temporary name and renamed
-when complete, so a failed run leaves nothing behind::
-
-    OUT/partitions.zarr/NAME     partition volume per labelled volume (or OUT/partitions.h5:NAME)
-    OUT/coordinates.nfc          class-balanced training coordinates (neuroflood format)
-    OUT/summary.json             parameters, counts per class and volume, seconds
+Parses ``[NAME=]SPEC`` volume options and the configuration, then runs
+:func:`~neuroflood.prepare.pipeline.prepare_coordinates` or
+:func:`~neuroflood.prepare.pipeline.convert_tfrecords` in a directory beside OUT under a
+temporary name, renamed to OUT when complete (a failed run leaves nothing behind). OUT is
+locked while the command runs and marked as a prepare output; ``--overwrite`` replaces only
+an earlier prepare output. The layout of OUT is described in :mod:`neuroflood.prepare.pipeline`.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import shutil
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 from ..config import load_config_file
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError
 
 _NAMED = re.compile(r"^([A-Za-z0-9_.\-]+)=(.+)$")
-COORDINATES = "coordinates.nfc"
-SUMMARY = "summary.json"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     from ..cli import add_command
     from .config import PrepareConfig
+    from .pipeline import COORDINATES, SUMMARY
 
     def doc(key: str) -> str:
         f = PrepareConfig.model_fields[key]
@@ -197,112 +194,20 @@ def _in_temporary_dir(out: Path, replace: bool, work: Any) -> int:
 
 
 def _run(config: Any, labels: dict[str, str], images: dict[str, str], masks: dict[str, str], tmp: Path, progress: bool) -> None:
-    from ..volume import create_volume, open_volume
-    from .coordinates import build_coordinates
-    from .partitions import IGNORE, check_labels_dtype, partition_volume
+    from .pipeline import prepare_coordinates
 
-    params = config.partition_params()
-    t0 = time.time()
-    volumes = {}
-    for name, spec in labels.items():  # open and check everything before the long work
-        vol = open_volume(spec)
-        check_labels_dtype(vol.dtype, vol.shape, f"labels {spec}")
-        params.core_box(vol.shape)
-        for what, table in (("image", images), ("mask", masks)):
-            if name in table:
-                other = open_volume(table[name])
-                if tuple(other.shape[:3]) != tuple(vol.shape) or len(other.shape) not in (3, 4):
-                    raise DataError(
-                        f"{what} {table[name]} has shape {tuple(other.shape)} but labels {spec} have "
-                        f"{tuple(vol.shape)}; give the {what} of the same volume"
-                    )
-        volumes[name] = vol
-    summary: dict[str, Any] = {"parameters": json.loads(config.model_dump_json()), "volumes": {}}
-    partition_specs = []
-    for name, vol in volumes.items():
-        spec, rel = _partition_spec(tmp, name, config.partition_format)
-        out = create_volume(spec, vol.shape, "uint8", chunks=_chunks(config.block_shape), fill_value=IGNORE)
-        mask = open_volume(masks[name]) if name in masks else None
-        totals = partition_volume(vol, out, params, mask, config.block_shape, progress, name=name)
-        counts = {str(c): int(n) for c, n in enumerate(totals) if n}
-        if hasattr(out, "set_attrs"):  # plain numbers and strings, so that HDF5 and zarr both take them
-            values = [int(c) for c in counts]
-            out.set_attrs(
-                lom_radius=list(params.lom_radius),
-                thresholds=list(params.thresholds),
-                min_size=params.min_size,
-                margin=list(params.margin),
-                partition_counts=[values, [counts[str(v)] for v in values]],  # as np.unique(return_counts)
-                labels=labels[name],
-                prepare_parameters=json.dumps(params.to_dict()),
-            )
-        out.close()
-        partition_specs.append(spec)
-        summary["volumes"][name] = {
-            "labels": labels[name],
-            "image": images.get(name),
-            "mask": masks.get(name),
-            "partitions": rel,
-            "shape": list(vol.shape),
-            "partition_counts": counts,
-        }
-    t1 = time.time()
-    parts = [open_volume(s) for s in partition_specs]
-    coords = build_coordinates(
-        parts,
-        list(volumes),
-        tmp / COORDINATES,
-        margin=config.margin,
-        seed=config.seed,
-        classes=range(len(config.thresholds) + 2),
-        allow_missing_classes=config.allow_missing_classes,
-        meta={"source": "neuroflood prepare", "volumes": summary["volumes"], "parameters": summary["parameters"]},
-        progress=progress,
-    )
-    t2 = time.time()
-    summary["coordinates"] = {"path": COORDINATES, **coords}
-    summary["seconds"] = {"partitions": round(t1 - t0, 3), "coordinates": round(t2 - t1, 3), "total": round(t2 - t0, 3)}
-    (tmp / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
+    summary = prepare_coordinates(labels, tmp, config, images, masks, progress)
+    coords, seconds = summary["coordinates"], summary["seconds"]
     print(
-        f"prepared {len(volumes)} volume(s): {coords['count']:,} coordinates, "
+        f"prepared {len(summary['volumes'])} volume(s): {coords['count']:,} coordinates, "
         f"{len(coords['classes'])} classes x {coords['samples_per_class']:,}; "
-        f"partitions {t1 - t0:.1f} s, coordinates {t2 - t1:.1f} s"
+        f"partitions {seconds['partitions']:.1f} s, coordinates {seconds['coordinates']:.1f} s"
     )
-
-
-def _partition_spec(tmp: Path, name: str, fmt: str) -> tuple[str, str]:
-    if fmt == "h5":
-        return f"{tmp}/partitions.h5:{name}", f"partitions.h5:{name}"
-    return f"{tmp}/partitions.zarr/{name}", f"partitions.zarr/{name}"
-
-
-def _chunks(block_shape: Any) -> tuple[int, int, int]:
-    """Chunks that tile the blocks exactly (so each block writes whole chunks)."""
-    return tuple(next(c for c in (64, 32, 16, 8, 4, 2, 1) if b % c == 0) for b in block_shape)  # type: ignore[return-value]
 
 
 def _convert(files: list[str], tmp: Path, progress: bool) -> None:
-    import numpy as np
+    from .pipeline import convert_tfrecords
 
-    from .coordfile import write_coordinates
-    from .tfrecord import read_tfrecord_arrays
-
-    t0 = time.time()
-    centers, index, names = [], [], []
-    for f in files:
-        c, i, n = read_tfrecord_arrays(f, progress)
-        remap = np.array([names.index(v) if v in names else names.append(v) or len(names) - 1 for v in n], np.int64)
-        centers.append(c)
-        index.append(remap[i] if len(i) else i)
-    all_centers = np.concatenate(centers) if centers else np.zeros((0, 3), np.int64)
-    if not len(all_centers):
-        raise DataError(f"{', '.join(files)} hold no coordinate records; give google/ffn coordinate files")
-    if all_centers.min() < 0:
-        raise DataError(f"{', '.join(files)} hold negative centres; they cannot be voxel coordinates")
-    vidx = np.concatenate(index)
-    per_volume = {n: int(np.count_nonzero(vidx == k)) for k, n in enumerate(names)}
-    meta = {"source": "google/ffn TFRecord", "files": [os.path.abspath(f) for f in files], "per_volume": per_volume}
-    write_coordinates(tmp / COORDINATES, all_centers, vidx, names, meta)
-    summary = {"coordinates": {"path": COORDINATES, "count": int(len(all_centers)), **meta}, "seconds": {"total": round(time.time() - t0, 3)}}
-    (tmp / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"converted {len(all_centers):,} coordinates of {len(names)} volume(s) from {len(files)} file(s)")
+    summary = convert_tfrecords(files, tmp, progress)
+    coords = summary["coordinates"]
+    print(f"converted {coords['count']:,} coordinates of {len(coords['per_volume'])} volume(s) from {len(files)} file(s)")

@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from ..config import Config, parse_ints
-from .partitions import README_THRESHOLDS, PartitionParams
+from .params import README_THRESHOLDS, PartitionParams
 
 
 class PrepareConfig(Config):

@@ -17,13 +17,13 @@ from __future__ import annotations
 import json
 import os
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from ..atomic import atomic_file
 from ..errors import DataError
 
 MAGIC = b"NFCOORD1"
@@ -64,7 +64,7 @@ class CoordinateSet:
                 self.header: dict[str, Any] = json.loads(f.read(hlen))
             except json.JSONDecodeError:
                 raise DataError(f"{self.path} has a corrupt header; regenerate it") from None
-        self.offset = _data_offset(hlen)
+        self.offset = data_offset(hlen)
         self.count = int(self.header["count"])
         expected = self.offset + self.count * RECORD.itemsize
         if os.path.getsize(self.path) != expected:
@@ -93,7 +93,8 @@ class CoordinateSet:
         return CoordinateShard(centers, rec["volume"].astype(np.int64), self.volume_names)
 
 
-def _data_offset(header_len: int) -> int:
+def data_offset(header_len: int) -> int:
+    """Byte offset of the first record: the 12-byte preamble and the header, padded to 64."""
     return -(-(12 + header_len) // 64) * 64
 
 
@@ -129,19 +130,8 @@ def write_coordinates(
     rec["z"], rec["y"], rec["x"] = centers[:, 0], centers[:, 1], centers[:, 2]
     rec["volume"] = vidx
     header = json.dumps({"count": len(rec), "volume_names": list(volume_names), "meta": meta or {}}).encode()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(MAGIC + struct.pack("<I", len(header)) + header)
-            f.write(b"\0" * (_data_offset(len(header)) - 12 - len(header)))
-            f.write(rec.tobytes())
-        os.replace(tmp, path)
-    except OSError as e:
-        if e.errno is not None and e.filename is None:  # a failed write names no file: name ours
-            raise OSError(e.errno, e.strerror, str(path)) from e
-        raise
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_file(path) as f:
+        f.write(MAGIC + struct.pack("<I", len(header)) + header)
+        f.write(b"\0" * (data_offset(len(header)) - 12 - len(header)))
+        f.write(rec.tobytes())
     return path

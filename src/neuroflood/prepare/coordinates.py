@@ -13,16 +13,16 @@ from __future__ import annotations
 import json
 import os
 import struct
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from ..atomic import atomic_file
 from ..bbox import BoundingBox
 from ..errors import DataError
-from .coordfile import MAGIC, RECORD, _data_offset
-from .partitions import IGNORE, _triple
+from .coordfile import MAGIC, RECORD, data_offset
+from .params import IGNORE, triple
 
 #: Partition planes read at a time when collecting voxels of a lazy volume.
 _SLAB_VOXELS = 1 << 24
@@ -39,7 +39,7 @@ def class_voxels(
     ``partitions`` is an array or a lazy volume; it is read in slabs along z.
     """
     shape = tuple(int(s) for s in partitions.shape)
-    m = _triple(margin, "margin")
+    m = triple(margin, "margin")
     if len(shape) != 3:
         raise DataError(f"partitions have shape {shape}; expected a 3-D z,y,x volume")
     if any(2 * a >= s for a, s in zip(m, shape)):
@@ -156,7 +156,7 @@ def build_coordinates(
     counts = {c: sum(len(a) for a in parts) for c, parts in sorted(per_class.items())}
     if not counts:
         raise DataError(
-            f"no voxel to sample: every partition value within margin {list(_triple(margin, 'margin'))} is 255; "
+            f"no voxel to sample: every partition value within margin {list(triple(margin, 'margin'))} is 255; "
             "use a smaller margin or check the partitions"
         )
     missing = sorted(set(classes or ()) - set(counts))
@@ -174,7 +174,7 @@ def build_coordinates(
         "missing_classes": missing,
         "per_class": {str(c): int(n) for c, n in counts.items()},
         "per_volume": per_volume,
-        "margin": list(_triple(margin, "margin")),
+        "margin": list(triple(margin, "margin")),
         "seed": int(seed),
     }
     write_coordinate_stream(
@@ -222,27 +222,13 @@ def write_coordinate_stream(
     if len(volume_names) > 65535:
         raise DataError("at most 65535 volumes fit one coordinate file")
     header = json.dumps({"count": int(count), "volume_names": list(volume_names), "meta": meta}).encode()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
+    with atomic_file(path) as f:
+        f.write(MAGIC + struct.pack("<I", len(header)) + header)
+        f.write(b"\0" * (data_offset(len(header)) - 12 - len(header)))
         written = 0
-        with os.fdopen(fd, "wb") as f:
-            f.write(MAGIC + struct.pack("<I", len(header)) + header)
-            f.write(b"\0" * (_data_offset(len(header)) - 12 - len(header)))
-            for rec in chunks:
-                f.write(np.ascontiguousarray(rec, RECORD).tobytes())
-                written += len(rec)
+        for rec in chunks:
+            f.write(np.ascontiguousarray(rec, RECORD).tobytes())
+            written += len(rec)
         if written != count:
             raise AssertionError(f"wrote {written} coordinate records, announced {count}")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private
-        os.replace(tmp, path)
-    except OSError as e:
-        if e.filename is None:  # name the file in the one-line error the CLI prints
-            raise OSError(e.errno, e.strerror, str(path)) from e
-        raise
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path

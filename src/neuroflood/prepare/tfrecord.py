@@ -19,13 +19,13 @@ import gzip
 import io
 import os
 import struct
-import tempfile
 import zlib
 from pathlib import Path
 from typing import BinaryIO, Iterator, Sequence
 
 import numpy as np
 
+from ..atomic import atomic_file
 from ..errors import DataError
 from ..protowire import encode_field, encode_varint, iter_fields, masked_crc32c, read_varint
 
@@ -266,19 +266,11 @@ def write_tfrecord_coordinates(
     centers = np.asarray(centers_zyx, np.int64)
     if centers.ndim != 2 or centers.shape[1] != 3 or len(centers) != len(volume_names):
         raise DataError("write_tfrecord_coordinates needs an [N, 3] z,y,x array and N volume names")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        with (gzip.open(tmp, "wb") if compress else open(tmp, "wb")) as f:
-            for (z, y, x), name in zip(centers.tolist(), volume_names):
-                data = coordinate_example((x, y, z), name.encode("utf-8"))
-                length = struct.pack("<Q", len(data))
-                f.write(length + struct.pack("<I", masked_crc32c(length)) + data + struct.pack("<I", masked_crc32c(data)))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_file(path) as raw, (gzip.GzipFile(fileobj=raw, mode="wb") if compress else raw) as f:
+        for (z, y, x), name in zip(centers.tolist(), volume_names):
+            data = coordinate_example((x, y, z), name.encode("utf-8"))
+            length = struct.pack("<Q", len(data))
+            f.write(length + struct.pack("<I", masked_crc32c(length)) + data + struct.pack("<I", masked_crc32c(data)))
     return path
 
 

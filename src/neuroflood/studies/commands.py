@@ -13,6 +13,7 @@ import sys
 from typing import Any
 
 from ..errors import ConfigError
+from ..outputs import claim_files
 
 
 def _ints(text: str) -> list[int]:
@@ -195,6 +196,7 @@ def _done(path: str) -> int:
 
 def _scaling(args: argparse.Namespace) -> int:
     _start(args)
+    claim_files(args.out, ("scaling.json", "scaling.png"), "study")
     from .scaling import run_scaling
 
     rows = run_scaling(args.out, workers=args.workers, batch_size=args.batch_size, steps=args.steps, skip_steps=args.skip_steps,
@@ -208,6 +210,7 @@ def _scaling(args: argparse.Namespace) -> int:
 
 def _lr_scaling(args: argparse.Namespace) -> int:
     _start(args)
+    claim_files(args.out, ("lr_scaling.json", "lr_scaling_f1.png", "lr_scaling_accuracy.png"), "study")
     from .lr_scaling import run_lr_scaling
 
     run_lr_scaling(args.out, workers=args.workers, lr_factors=args.lr_factors, base_lr=args.base_lr, warmup_fraction=args.warmup_fraction,
@@ -217,6 +220,7 @@ def _lr_scaling(args: argparse.Namespace) -> int:
 
 def _batch_size(args: argparse.Namespace) -> int:
     _start(args)
+    claim_files(args.out, ("batch_size.json", "batch_size.png"), "study")
     from .batch_size import run_batch_size
 
     run_batch_size(args.out, global_batches=args.global_batches, batch_size=args.batch_size, fovs=args.fovs, evaluations=args.evaluations,
@@ -227,6 +231,7 @@ def _batch_size(args: argparse.Namespace) -> int:
 
 def _optimizers(args: argparse.Namespace) -> int:
     _start(args)
+    claim_files(args.out, ("optimizers.json", "optimizers.png"), "study")
     from .optimizers import run_optimizers
 
     run_optimizers(args.out, optimizers=[o.strip() for o in args.optimizers.split(",") if o.strip()], learning_rates=args.learning_rates,

@@ -26,6 +26,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..atomic import atomic_write_text
 from ..config import ModelConfig
 from ..errors import ConfigError
 
@@ -264,10 +265,7 @@ def machine() -> dict[str, Any]:
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
     """Write JSON atomically (temporary name, then rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, default=float) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=2, default=float) + "\n")
     return path
 
 

@@ -1,0 +1,60 @@
+"""Write a file so that readers see the old one or the complete new one, never a part.
+
+Every helper writes to a temporary file beside the target (same directory, so the final
+``os.replace`` is an atomic rename on one file system), gives it the umask's permissions
+(``mkstemp`` makes files private), and removes it on any failure. A failed write that names
+no file (a full disk) is re-raised naming the target, so the one-line error says where.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Iterator
+
+import numpy as np
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextmanager
+def atomic_file(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[IO[bytes]]:
+    """Yield a binary file to write; it replaces ``path`` when the block ends without error."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except OSError as e:
+        if e.errno is not None and e.filename is None:  # a full disk names no file: name ours
+            raise OSError(e.errno, e.strerror, str(path)) from e
+        raise
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_file(path) as f:
+        f.write(data)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_savez(path: str | os.PathLike, arrays: dict[str, np.ndarray], compress: bool = True) -> None:
+    """``np.savez[_compressed]`` of ``arrays`` to ``path`` atomically."""
+    with atomic_file(path) as f:
+        (np.savez_compressed if compress else np.savez)(f, **arrays)
