@@ -85,10 +85,23 @@ def main() -> None:
         tmp = args.keep or scratch
         Path(tmp).mkdir(parents=True, exist_ok=True)
         t_single = _segment([*common, "--out", f"{tmp}/single.zarr/seg", "--threads", "2", "--summary", f"{tmp}/single.json"])
-        t_blocks = _segment([
-            *common, "--out", f"{tmp}/blocks.zarr/seg", "--block-size", args.block, "--overlap", args.overlap,
-            "--nproc-per-node", "2", "--threads", "1", "--summary", f"{tmp}/blocks.json",
-        ])
+        t_blocks = _segment(
+            [
+                *common,
+                "--out",
+                f"{tmp}/blocks.zarr/seg",
+                "--block-size",
+                args.block,
+                "--overlap",
+                args.overlap,
+                "--nproc-per-node",
+                "2",
+                "--threads",
+                "1",
+                "--summary",
+                f"{tmp}/blocks.json",
+            ]
+        )
         single = open_volume(f"{tmp}/single.zarr/seg")[...].astype(np.uint64)
         blocks = open_volume(f"{tmp}/blocks.zarr/seg")[...].astype(np.uint64)
         s_single = json.loads(Path(f"{tmp}/single.json").read_text())
@@ -105,9 +118,21 @@ def main() -> None:
         "overlap": args.overlap,
         "blocks": len(grid),
         "single": {"seconds": round(t_single, 1), **{k: s_single[k] for k in ("fov_evaluations", "segments", "unsegmented_fraction")}},
-        "blockwise": {"seconds": round(t_blocks, 1), **{k: s_blocks[k] for k in (
-            "fov_evaluations", "segments", "unsegmented_fraction", "joins", "handover_rounds", "handover_seeds", "handover_segments",
-        )}},
+        "blockwise": {
+            "seconds": round(t_blocks, 1),
+            **{
+                k: s_blocks[k]
+                for k in (
+                    "fov_evaluations",
+                    "segments",
+                    "unsegmented_fraction",
+                    "joins",
+                    "handover_rounds",
+                    "handover_seeds",
+                    "handover_segments",
+                )
+            },
+        },
         "blockwise_vs_single": {k: vs_single[k] for k in pick},
         "objects_split_at_faces": len(face_splits(single, blocks, grid.stride)),
         "objects_split_by_the_face_itself": len(face_splits(single, blocks, grid.stride, seams_only=True)),

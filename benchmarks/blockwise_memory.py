@@ -88,12 +88,12 @@ def make_image(spec: str, size: int, tile: int = 128, seed: int = 0) -> None:
 
 def worker(args: argparse.Namespace) -> None:
     """One rank of the job; writes its peak RSS to ``args.report``."""
+    import torch
+
     from neuroflood.bbox import BoundingBox
     from neuroflood.distributed import cleanup, init_distributed
     from neuroflood.infer.blockwise import run_blockwise_job as segment_blockwise
     from neuroflood.volume import open_volume
-
-    import torch
 
     torch.set_num_threads(1)
     info = init_distributed("cpu")
@@ -101,8 +101,15 @@ def worker(args: argparse.Namespace) -> None:
     image = open_volume(args.image)
     block = tuple(int(v) for v in args.block.split(","))
     result = segment_blockwise(
-        args.out, image, BoundingBox.from_shape(image.shape), block, (16, 16, 16), ThresholdSegmenter(),
-        {"benchmark": "blockwise_memory"}, info, progress=False,
+        args.out,
+        image,
+        BoundingBox.from_shape(image.shape),
+        block,
+        (16, 16, 16),
+        ThresholdSegmenter(),
+        {"benchmark": "blockwise_memory"},
+        info,
+        progress=False,
     )
     handover = [json.loads(p.read_text()) for p in Path(args.out).parent.glob(".*.work/handover/*/*.done")]
     report = {

@@ -82,7 +82,10 @@ def measure(seed: int, work: Path, rounds: int, request: dict, shape: tuple = se
         },
         "fov_evaluations_blocks": sum(d["counters"]["fov_evaluations"] for d in phase1),
         "false_merges_vi": round(vs_gt["vi_merge_segmented"], 4),
-        "vs_ground_truth_adapted_rand": {"one_block": round(one_gt["adapted_rand_error"], 4), "stitched": round(vs_gt["adapted_rand_error"], 4)},
+        "vs_ground_truth_adapted_rand": {
+            "one_block": round(one_gt["adapted_rand_error"], 4),
+            "stitched": round(vs_gt["adapted_rand_error"], 4),
+        },
         "coverage_differs_by_face_distance": coverage_by_face_distance(one, stitched, stride),
     }
 
@@ -108,7 +111,10 @@ def main() -> None:
     ares = [r["vs_one_block"]["adapted_rand_error"] for r in rows]
     result = {
         "benchmark": "blockwise_seams",
-        "shape": list(shape), "block": list(block), "overlap": list(seam.OVERLAP), "workers": 2,
+        "shape": list(shape),
+        "block": list(block),
+        "overlap": list(seam.OVERLAP),
+        "workers": 2,
         "handover_rounds": args.handover_rounds,
         "seed_policy": args.seed_policy,
         "volumes": rows,
@@ -122,7 +128,11 @@ def main() -> None:
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: result[k] for k in ("adapted_rand_vs_one_block", "volumes_with_face_splits", "volumes_with_seams", "volumes_within_target")}))
+    print(
+        json.dumps(
+            {k: result[k] for k in ("adapted_rand_vs_one_block", "volumes_with_face_splits", "volumes_with_seams", "volumes_within_target")}
+        )
+    )
 
 
 if __name__ == "__main__":

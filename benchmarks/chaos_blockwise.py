@@ -49,7 +49,7 @@ BLOCK, OVERLAP = "20,32,32", "8,8,8"
 
 # Loaded into every Python process of the job (PYTHONPATH); logs each block segmentation
 # started: phase 1 and hand-over runs by the block's context corner.
-HOOK = '''
+HOOK = """
 import os
 LOG = os.environ.get("CHAOS_BLOCK_LOG")
 if LOG:
@@ -73,7 +73,7 @@ if LOG:
         return _extend(self, image, block, corner, *args, **kwargs)
 
     FFNBlockSegmenter.extend = extend
-'''
+"""
 
 
 def sh(argv: list[str], cwd: Path) -> None:
@@ -84,15 +84,35 @@ def sh(argv: list[str], cwd: Path) -> None:
 
 def segment_cmd(out: str) -> list[str]:
     return [
-        *NEUROFLOOD, "segment", "--model", "model", "--image", "test.h5:image", "--out", out,
-        "--block-size", BLOCK, "--overlap", OVERLAP, "--nproc-per-node", "2", "--threads", "1",
-        "--no-progress", "--set", "options.min_segment_size=50",
+        *NEUROFLOOD,
+        "segment",
+        "--model",
+        "model",
+        "--image",
+        "test.h5:image",
+        "--out",
+        out,
+        "--block-size",
+        BLOCK,
+        "--overlap",
+        OVERLAP,
+        "--nproc-per-node",
+        "2",
+        "--threads",
+        "1",
+        "--no-progress",
+        "--set",
+        "options.min_segment_size=50",
     ]
 
 
 def env_with_hook(work: Path, log: Path) -> dict:
-    return {**os.environ, "PYTHONPATH": f"{work / 'hook'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-            "CHAOS_BLOCK_LOG": str(log), "PYTHONUNBUFFERED": "1"}
+    return {
+        **os.environ,
+        "PYTHONPATH": f"{work / 'hook'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        "CHAOS_BLOCK_LOG": str(log),
+        "PYTHONUNBUFFERED": "1",
+    }
 
 
 def progress(workdir: Path) -> int:
@@ -128,10 +148,7 @@ def starts(log: Path) -> collections.Counter:
 
 def leftovers(root: Path) -> list[str]:
     """Temporary files and directories under the output (names with tmp / writing / old)."""
-    return sorted(
-        str(p.relative_to(root)) for p in root.rglob("*")
-        if any(t in p.name for t in (".tmp", "tmp-", ".writing", ".old-"))
-    )
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if any(t in p.name for t in (".tmp", "tmp-", ".writing", ".old-")))
 
 
 # A peer killed mid-collective makes the survivor fail in gloo ("Connection closed by peer",
@@ -169,27 +186,72 @@ def main() -> int:
     # A tiny trained network (an untrained one segments nothing here) and a test volume.
     sh([*NEUROFLOOD, "synth", "--shape", "64,64,64", "--seed", "0", "--out", "train.h5"], work)
     sh([*NEUROFLOOD, "synth", "--shape", SHAPE, "--seed", "4", "--out", "test.h5"], work)
-    sh([*NEUROFLOOD, "prepare", "--labels", "vol=train.h5:labels", "--out", "prep", "--lom-radius", "8,8,8",
-        "--margin", "10,10,10", "--min-size", "100", "--allow-missing-classes", "--no-progress"], work)
-    sh([*NEUROFLOOD, "train", "--image", "vol=train.h5:image", "--labels", "vol=train.h5:labels",
-        "--coords", "prep/coordinates.nfc", "--run-dir", "run", "--model", MODEL, "--optimizer", "adam",
-        "--learning-rate", "0.001", "--batch-size", "4", "--max-steps", "3000", "--no-tensorboard",
-        "--no-progress", "--threads", "1"], work)
+    sh(
+        [
+            *NEUROFLOOD,
+            "prepare",
+            "--labels",
+            "vol=train.h5:labels",
+            "--out",
+            "prep",
+            "--lom-radius",
+            "8,8,8",
+            "--margin",
+            "10,10,10",
+            "--min-size",
+            "100",
+            "--allow-missing-classes",
+            "--no-progress",
+        ],
+        work,
+    )
+    sh(
+        [
+            *NEUROFLOOD,
+            "train",
+            "--image",
+            "vol=train.h5:image",
+            "--labels",
+            "vol=train.h5:labels",
+            "--coords",
+            "prep/coordinates.nfc",
+            "--run-dir",
+            "run",
+            "--model",
+            MODEL,
+            "--optimizer",
+            "adam",
+            "--learning-rate",
+            "0.001",
+            "--batch-size",
+            "4",
+            "--max-steps",
+            "3000",
+            "--no-tensorboard",
+            "--no-progress",
+            "--threads",
+            "1",
+        ],
+        work,
+    )
     if not (work / "model").exists():
         os.symlink(work / "run" / "checkpoints" / "step-00003000" / "model", work / "model")
 
     # 1. Undisturbed.
     ref_log = work / "undisturbed.starts"
     t0 = time.time()
-    r = subprocess.run(segment_cmd("ref.zarr/seg") + ["--summary", "ref.json"], cwd=work, capture_output=True,
-                       text=True, env=env_with_hook(work, ref_log))
+    r = subprocess.run(
+        segment_cmd("ref.zarr/seg") + ["--summary", "ref.json"], cwd=work, capture_output=True, text=True, env=env_with_hook(work, ref_log)
+    )
     if r.returncode != 0:
         raise RuntimeError(f"undisturbed run failed:\n{r.stderr[-3000:]}")
     undisturbed_s = time.time() - t0
     ref_summary = json.loads((work / "ref.json").read_text())
     units = progress(work / "ref.zarr" / ".seg.work")
-    print(f"undisturbed: {ref_summary['blocks']} blocks, {units} units of work, {ref_summary['segments']} segments, "
-          f"{undisturbed_s:.0f} s", flush=True)
+    print(
+        f"undisturbed: {ref_summary['blocks']} blocks, {units} units of work, {ref_summary['segments']} segments, {undisturbed_s:.0f} s",
+        flush=True,
+    )
 
     # 2. Disturbed.
     out, workdir, dis_log = "dis.zarr/seg", work / "dis.zarr" / ".seg.work", work / "disturbed.starts"
@@ -204,8 +266,7 @@ def main() -> int:
         runs += 1
         log.write(f"=== run {runs} at {progress(workdir)} units\n")
         log.flush()
-        return subprocess.Popen(segment_cmd(out) + ["--summary", "dis.json"], cwd=work, env=env, stdout=log,
-                                stderr=subprocess.STDOUT)
+        return subprocess.Popen(segment_cmd(out) + ["--summary", "dis.json"], cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
 
     for k in range(args.kills):
         if launcher is None or launcher.poll() is not None:
@@ -258,8 +319,7 @@ def main() -> int:
     got = open_volume(str(work / out))[...]
     identical = bool(ref.dtype == got.dtype and np.array_equal(ref, got))
     s_ref, s_dis = starts(ref_log), starts(dis_log)
-    redone = {kind: sum(max(0, s_dis[key] - s_ref[key]) for key in s_dis if key.startswith(kind))
-              for kind in ("block", "handover")}
+    redone = {kind: sum(max(0, s_dis[key] - s_ref[key]) for key in s_dis if key.startswith(kind)) for kind in ("block", "handover")}
     dis_summary = json.loads((work / "dis.json").read_text())
     result = {
         "benchmark": "chaos_blockwise",
@@ -269,9 +329,14 @@ def main() -> int:
         "load_average_1min_at_end": round(os.getloadavg()[0], 2),
         "kill_schedule_seed": args.seed,
         "setup": {
-            "volume": f"neuroflood synth --shape {SHAPE} --seed 4", "model": MODEL + " (3000 steps on synth 64^3 seed 0)",
-            "block_size": BLOCK, "overlap": OVERLAP, "workers": 2, "threads_per_worker": 1,
-            "blocks": ref_summary["blocks"], "handover_rounds": ref_summary["handover_rounds"],
+            "volume": f"neuroflood synth --shape {SHAPE} --seed 4",
+            "model": MODEL + " (3000 steps on synth 64^3 seed 0)",
+            "block_size": BLOCK,
+            "overlap": OVERLAP,
+            "workers": 2,
+            "threads_per_worker": 1,
+            "blocks": ref_summary["blocks"],
+            "handover_rounds": ref_summary["handover_rounds"],
             "units_of_work": units,
         },
         "undisturbed_seconds": round(undisturbed_s, 1),

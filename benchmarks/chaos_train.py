@@ -52,11 +52,40 @@ def sh(argv: list[str], cwd: Path) -> None:
 
 def train_cmd(run: Path, steps: int, resume: bool) -> list[str]:
     return [
-        *NEUROFLOOD, "train", "--image", "vol=vol.h5:image", "--labels", "vol=vol.h5:labels",
-        "--coords", "prep/coordinates.nfc", "--run-dir", str(run), "--model", MODEL,
-        "--optimizer", "adam", "--learning-rate", "0.01", "--batch-size", "2", "--max-steps", str(steps),
-        "--checkpoint-every-steps", str(EVERY), "--summary-every-steps", "1", "--keep-last", "3",
-        "--no-tensorboard", "--no-progress", "--threads", "1", "--nproc-per-node", "2", "--max-restarts", "100",
+        *NEUROFLOOD,
+        "train",
+        "--image",
+        "vol=vol.h5:image",
+        "--labels",
+        "vol=vol.h5:labels",
+        "--coords",
+        "prep/coordinates.nfc",
+        "--run-dir",
+        str(run),
+        "--model",
+        MODEL,
+        "--optimizer",
+        "adam",
+        "--learning-rate",
+        "0.01",
+        "--batch-size",
+        "2",
+        "--max-steps",
+        str(steps),
+        "--checkpoint-every-steps",
+        str(EVERY),
+        "--summary-every-steps",
+        "1",
+        "--keep-last",
+        "3",
+        "--no-tensorboard",
+        "--no-progress",
+        "--threads",
+        "1",
+        "--nproc-per-node",
+        "2",
+        "--max-restarts",
+        "100",
         *(["--resume"] if resume else []),
     ]
 
@@ -138,8 +167,25 @@ def main() -> int:
     t_start = time.time()
 
     sh([*NEUROFLOOD, "synth", "--shape", "48,48,48", "--seed", "0", "--out", "vol.h5"], work)
-    sh([*NEUROFLOOD, "prepare", "--labels", "vol=vol.h5:labels", "--out", "prep", "--lom-radius", "6,6,6",
-        "--margin", "8,8,8", "--min-size", "50", "--allow-missing-classes", "--no-progress"], work)
+    sh(
+        [
+            *NEUROFLOOD,
+            "prepare",
+            "--labels",
+            "vol=vol.h5:labels",
+            "--out",
+            "prep",
+            "--lom-radius",
+            "6,6,6",
+            "--margin",
+            "8,8,8",
+            "--min-size",
+            "50",
+            "--allow-missing-classes",
+            "--no-progress",
+        ],
+        work,
+    )
 
     # 1. Undisturbed.
     t0 = time.time()
@@ -182,8 +228,7 @@ def main() -> int:
             moment = {"when": "training", "after_step": target, "delay_s": round(rng.uniform(0.0, 0.3), 3)}
             # A resumed job first redoes steps up to `now`; wait for a line logged by this job.
             n_lines = len(metrics(run))
-            wait(lambda: (len(metrics(run)) > n_lines and last_step(run) >= target) or launcher.poll() is not None,
-                 300, f"step {target}")
+            wait(lambda: (len(metrics(run)) > n_lines and last_step(run) >= target) or launcher.poll() is not None, 300, f"step {target}")
             time.sleep(moment["delay_s"])
         if launcher.poll() is not None:
             raise RuntimeError(f"the job exited ({launcher.returncode}) before kill {k}; see {work}/disturbed.log")
@@ -197,8 +242,11 @@ def main() -> int:
                 os.kill(ws[rank].pid, signal.SIGKILL)
             record.update(rank=rank, pid=ws[rank].pid if rank in ws else None)
             # torchrun's agent notices, stops the other worker and starts two new ones.
-            wait(lambda: (len(w := workers(proc)) == 2 and not {p.pid for p in w.values()} & old) or launcher.poll() is not None,
-                 180, "the agent's restart")
+            wait(
+                lambda: (len(w := workers(proc)) == 2 and not {p.pid for p in w.values()} & old) or launcher.poll() is not None,
+                180,
+                "the agent's restart",
+            )
             record["agent_restarted"] = launcher.poll() is None
         else:
             for p in [proc, *ws.values()]:
@@ -251,9 +299,16 @@ def main() -> int:
         "load_average_1min_at_end": round(os.getloadavg()[0], 2),
         "kill_schedule_seed": args.seed,
         "setup": {
-            "volume": "neuroflood synth --shape 48,48,48 --seed 0", "model": MODEL, "ranks": 2, "backend": "gloo",
-            "threads_per_rank": 1, "batch_size_per_rank": 2, "optimizer": "adam", "steps": args.steps,
-            "checkpoint_every_steps": EVERY, "max_restarts": 100,
+            "volume": "neuroflood synth --shape 48,48,48 --seed 0",
+            "model": MODEL,
+            "ranks": 2,
+            "backend": "gloo",
+            "threads_per_rank": 1,
+            "batch_size_per_rank": 2,
+            "optimizer": "adam",
+            "steps": args.steps,
+            "checkpoint_every_steps": EVERY,
+            "max_restarts": 100,
         },
         "undisturbed_seconds": round(undisturbed_s, 1),
         "disturbed_seconds": round(disturbed_s, 1),

@@ -74,9 +74,7 @@ def main() -> None:
 
     results["neuroflood_metrics"] = dict(zip(("median_s", "runs_s"), timed(metrics, args.repeats)))
     table = contingency_table(seg, gt)
-    results["neuroflood_worst_errors"] = dict(
-        zip(("median_s", "runs_s"), timed(lambda: worst_errors(table, seg, gt), args.repeats))
-    )
+    results["neuroflood_worst_errors"] = dict(zip(("median_s", "runs_s"), timed(lambda: worst_errors(table, seg, gt), args.repeats)))
 
     def skimage():
         variation_of_information(gt, seg, ignore_labels=(0,))

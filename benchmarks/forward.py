@@ -37,7 +37,10 @@ def time_forward(model, batch: int, device: str, repeats: int, autocast: torch.d
     x = torch.randn(batch, 1, *fov, device=device)
     s = torch.full((batch, 1, *fov), -2.944439, device=device)
     times = []
-    with torch.inference_mode(), torch.autocast(device_type=device.split(":")[0], dtype=autocast or torch.float32, enabled=autocast is not None):
+    with (
+        torch.inference_mode(),
+        torch.autocast(device_type=device.split(":")[0], dtype=autocast or torch.float32, enabled=autocast is not None),
+    ):
         model(x, s)  # warm-up (oneDNN / cuDNN algorithm selection)
         for _ in range(repeats):
             if device.startswith("cuda"):
@@ -54,7 +57,10 @@ def golden_error(model, device: str, autocast: torch.dtype | None) -> float:
     g = np.load(SHARED / "golden" / "fib25_forward_golden.npz")
     img = torch.from_numpy(g["image_normalized"])[:, None].to(device)
     seed = torch.from_numpy(g["seed_logits"])[:, None].to(device)
-    with torch.inference_mode(), torch.autocast(device_type=device.split(":")[0], dtype=autocast or torch.float32, enabled=autocast is not None):
+    with (
+        torch.inference_mode(),
+        torch.autocast(device_type=device.split(":")[0], dtype=autocast or torch.float32, enabled=autocast is not None),
+    ):
         out = model(img, seed).float()
     return float(np.abs(out[:, 0].cpu().numpy() - g["logits"]).max())
 
@@ -88,8 +94,10 @@ def main() -> None:
                 "max_abs_error_vs_tf_golden": err,
             }
             results.append(row)
-            print(f"{device:4s} {mode:18s} batch {b:3d}: {row['seconds_per_fov']:.3f} s/FOV  "
-                  f"{row['fovs_per_s']:.2f} FOVs/s  {row['gflop_per_s']:.0f} GFLOP/s  golden err {err:.2e}")
+            print(
+                f"{device:4s} {mode:18s} batch {b:3d}: {row['seconds_per_fov']:.3f} s/FOV  "
+                f"{row['fovs_per_s']:.2f} FOVs/s  {row['gflop_per_s']:.0f} GFLOP/s  golden err {err:.2e}"
+            )
     out = {
         "benchmark": "forward",
         "date": time.strftime("%Y-%m-%d"),

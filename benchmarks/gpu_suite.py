@@ -28,8 +28,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -117,8 +118,23 @@ def forward_throughput(model: Any) -> dict:
 def prepare_fib25(work: Path) -> Path:
     prep = work / "prep"
     if not prep.exists():
-        neuroflood("prepare", "--labels", f"fib25={FIB25}:labels", "--image", f"fib25={FIB25}:image", "--out", str(prep),
-                   "--lom-radius", "24,24,24", "--margin", "24,24,24", "--min-size", "10000", "--no-progress", cwd=work)
+        neuroflood(
+            "prepare",
+            "--labels",
+            f"fib25={FIB25}:labels",
+            "--image",
+            f"fib25={FIB25}:image",
+            "--out",
+            str(prep),
+            "--lom-radius",
+            "24,24,24",
+            "--margin",
+            "24,24,24",
+            "--min-size",
+            "10000",
+            "--no-progress",
+            cwd=work,
+        )
     return prep / "coordinates.nfc"
 
 
@@ -129,15 +145,40 @@ def training_throughput(work: Path, seconds: float) -> dict:
         for precision in ("float32", "bfloat16"):
             run = work / f"train-{name}-{precision}"
             neuroflood(
-                "train", "--image", f"fib25={FIB25}:image", "--labels", f"fib25={FIB25}:labels", "--coords", str(coords),
-                "--run-dir", str(run), "--model", model, "--device", "cuda", "--precision", precision,
-                "--batch-size", str(batch), "--optimizer", "adam", "--max-steps", "1000000",
-                "--max-train-seconds", str(seconds), "--summary-every-secs", "5", cwd=work,
+                "train",
+                "--image",
+                f"fib25={FIB25}:image",
+                "--labels",
+                f"fib25={FIB25}:labels",
+                "--coords",
+                str(coords),
+                "--run-dir",
+                str(run),
+                "--model",
+                model,
+                "--device",
+                "cuda",
+                "--precision",
+                precision,
+                "--batch-size",
+                str(batch),
+                "--optimizer",
+                "adam",
+                "--max-steps",
+                "1000000",
+                "--max-train-seconds",
+                str(seconds),
+                "--summary-every-secs",
+                "5",
+                cwd=work,
             )
             rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
             rates = [r["fovs_per_s"] for r in rows if r.get("split") == "train" and "fovs_per_s" in r][1:]  # skip warm-up
-            out[f"{name}_{precision}"] = {"batch_size": batch, "fovs_per_s": round(max(rates), 1) if rates else None,
-                                          "fovs_per_s_median": round(sorted(rates)[len(rates) // 2], 1) if rates else None}
+            out[f"{name}_{precision}"] = {
+                "batch_size": batch,
+                "fovs_per_s": round(max(rates), 1) if rates else None,
+                "fovs_per_s_median": round(sorted(rates)[len(rates) // 2], 1) if rates else None,
+            }
     return out
 
 
@@ -149,12 +190,30 @@ def whole_sample(work: Path, quick: bool) -> dict:
     for precision in ("fp32", "bf16"):
         seg, summary = work / f"seg-{precision}.h5", work / f"seg-{precision}.json"
         wall = neuroflood(
-            "segment", "--model", str(CKPT), "--image", f"{FIB25}:image", *bbox, "--out", f"{seg}:segmentation",
-            "--summary", str(summary), "--set", "device=cuda", "--set", f"precision={precision}", "--no-progress", cwd=work,
+            "segment",
+            "--model",
+            str(CKPT),
+            "--image",
+            f"{FIB25}:image",
+            *bbox,
+            "--out",
+            f"{seg}:segmentation",
+            "--summary",
+            str(summary),
+            "--set",
+            "device=cuda",
+            "--set",
+            f"precision={precision}",
+            "--no-progress",
+            cwd=work,
         )
         s = json.loads(summary.read_text())
-        out[precision] = {"wall_s": round(wall, 1), "seconds": s.get("seconds"), "segments": s.get("segments"),
-                          "fov_evaluations": s.get("fov_evaluations")}
+        out[precision] = {
+            "wall_s": round(wall, 1),
+            "seconds": s.get("seconds"),
+            "segments": s.get("segments"),
+            "fov_evaluations": s.get("fov_evaluations"),
+        }
     from neuroflood.evaluate.metrics import contingency_table, segmentation_metrics
 
     with h5py.File(work / "seg-fp32.h5", "r") as a, h5py.File(work / "seg-bf16.h5", "r") as b:
@@ -189,8 +248,12 @@ def nccl_step() -> dict:
             opt.step()
             torch.cuda.synchronize()
             times.append(time.perf_counter() - t0)
-        return {"backend": dist.get_backend(), "steps": len(times), "step_s_median": round(sorted(times)[2], 4),
-                "loss_finite": bool(torch.isfinite(loss))}
+        return {
+            "backend": dist.get_backend(),
+            "steps": len(times),
+            "step_s_median": round(sorted(times)[2], 4),
+            "loss_finite": bool(torch.isfinite(loss)),
+        }
     finally:
         dist.destroy_process_group()
 
@@ -204,8 +267,11 @@ def main(argv: list[str] | None = None) -> int:
 
     results: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "device": torch.cuda.get_device_name(0), "torch": torch.__version__, "cuda": torch.version.cuda,
-        "host": platform.node(), "quick": args.quick,
+        "device": torch.cuda.get_device_name(0),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "host": platform.node(),
+        "quick": args.quick,
     }
     model = neuroflood.load_model(CKPT).cuda().eval()
     work = Path(tempfile.mkdtemp(prefix="gpu-suite-"))

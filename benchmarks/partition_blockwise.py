@@ -57,7 +57,7 @@ def make_labels(spec: str, shape: tuple[int, int, int], block: tuple[int, int, i
         hi = [-(-b // factor) + 1 for b in box.stop]
         c = cells[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
         up = c.repeat(factor, 0).repeat(factor, 1).repeat(factor, 2)
-        off = [a - l * factor for a, l in zip(box.start, lo)]
+        off = [a - low * factor for a, low in zip(box.start, lo)]
         up = up[off[0] : off[0] + box.size[0] + 1, off[1] : off[1] + box.size[1] + 1, off[2] : off[2] + box.size[2] + 1]
         labels = up[:-1, :-1, :-1].copy()
         # Membranes: 0 where the cell changes towards +z, +y or +x.
@@ -111,7 +111,9 @@ def main() -> None:
         print(f"generated {shape} labels ({n_cells} cells) in {gen_s:.0f} s", flush=True)
         proc = subprocess.run(
             [sys.executable, __file__, "--block", args.block, "--child", labels_spec, out_spec],
-            check=True, stdout=subprocess.PIPE, text=True,
+            check=True,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         result = json.loads(proc.stdout.strip().splitlines()[-1])
     finally:
@@ -129,8 +131,10 @@ def main() -> None:
             "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         }
     )
-    print(f"partitioned {'x'.join(map(str, shape))} blockwise in {result['seconds']:.0f} s "
-          f"({result['voxels_per_s'] / 1e6:.1f} M voxels/s), peak RSS {result['peak_rss_gb']:.2f} GB")
+    print(
+        f"partitioned {'x'.join(map(str, shape))} blockwise in {result['seconds']:.0f} s "
+        f"({result['voxels_per_s'] / 1e6:.1f} M voxels/s), peak RSS {result['peak_rss_gb']:.2f} GB"
+    )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")

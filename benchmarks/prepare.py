@@ -69,7 +69,12 @@ def stage_coordinates(work: Path) -> dict:
     t = time.perf_counter()
     s = build_coordinates([p], ["fib25"], work / "coordinates.nfc", margin=24, seed=0, classes=range(14), progress=False)
     seconds = time.perf_counter() - t
-    return {"seconds": seconds, "peak_rss_gb": peak_rss_gb(), "count": s["count"], "file_mb": (work / "coordinates.nfc").stat().st_size / 2**20}
+    return {
+        "seconds": seconds,
+        "peak_rss_gb": peak_rss_gb(),
+        "count": s["count"],
+        "file_mb": (work / "coordinates.nfc").stat().st_size / 2**20,
+    }
 
 
 def stage_tfrecord(work: Path, n: int = 200_000) -> dict:
@@ -84,9 +89,7 @@ def stage_tfrecord(work: Path, n: int = 200_000) -> dict:
 
 
 def child(stage: str, work: Path) -> dict:
-    out = subprocess.run(
-        [sys.executable, __file__, "--stage", stage, "--work", str(work)], check=True, capture_output=True, text=True
-    )
+    out = subprocess.run([sys.executable, __file__, "--stage", stage, "--work", str(work)], check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -94,13 +97,26 @@ def run_cli(work: Path) -> dict:
     out = work / "cli-out"
     t = time.perf_counter()
     subprocess.run(
-        [str(Path(sys.executable).parent / "neuroflood"), "prepare", "--labels", f"fib25={FIB25}:labels",
-         "--out", str(out), "--no-progress", "--overwrite"],
-        check=True, capture_output=True,
+        [
+            str(Path(sys.executable).parent / "neuroflood"),
+            "prepare",
+            "--labels",
+            f"fib25={FIB25}:labels",
+            "--out",
+            str(out),
+            "--no-progress",
+            "--overwrite",
+        ],
+        check=True,
+        capture_output=True,
     )
     seconds = time.perf_counter() - t
     summary = json.loads((out / "summary.json").read_text())
-    return {"seconds": seconds, "peak_rss_gb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20, "stages_s": summary["seconds"]}
+    return {
+        "seconds": seconds,
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20,
+        "stages_s": summary["seconds"],
+    }
 
 
 def main() -> None:
@@ -125,7 +141,9 @@ def main() -> None:
             summary["seconds_all"] = [round(r["seconds"], 3) for r in runs]
             summary["peak_rss_gb"] = max(r["peak_rss_gb"] for r in runs)
             results[stage] = summary
-            print(f"{stage}: {summary['seconds']:.2f} s (runs {summary['seconds_all']}), peak RSS {summary['peak_rss_gb']:.2f} GB", flush=True)
+            print(
+                f"{stage}: {summary['seconds']:.2f} s (runs {summary['seconds_all']}), peak RSS {summary['peak_rss_gb']:.2f} GB", flush=True
+            )
         results["cli"] = run_cli(work)
         print(f"neuroflood prepare (whole command): {results['cli']['seconds']:.2f} s, peak RSS {results['cli']['peak_rss_gb']:.2f} GB")
     part, coord = results["partitions"], results["coordinates"]

@@ -43,9 +43,26 @@ def _prepare(labels_spec: str, name: str, out: Path, max_coords: int, seed: int)
 
     from neuroflood.prepare.coordfile import open_coordinates, write_coordinates
 
-    cmd = [sys.executable, "-m", "neuroflood", "prepare", "--labels", f"{name}={labels_spec}", "--out", str(out),
-           "--lom-radius", "12,12,12", "--margin", "12,12,12", "--min-size", "1000", "--seed", str(seed),
-           "--allow-missing-classes", "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "neuroflood",
+        "prepare",
+        "--labels",
+        f"{name}={labels_spec}",
+        "--out",
+        str(out),
+        "--lom-radius",
+        "12,12,12",
+        "--margin",
+        "12,12,12",
+        "--min-size",
+        "1000",
+        "--seed",
+        str(seed),
+        "--allow-missing-classes",
+        "--no-progress",
+    ]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     coords = open_coordinates(out / "coordinates.nfc")
     shard = coords.shard(0, 1)
@@ -169,9 +186,11 @@ def main() -> int:
                 "wall_s_including_eval": wall,
                 "coords": len(open_coordinates(d["coords"])),
             }
-            print(f"{name}: final held-out F1 {results['runs'][name]['final_eval_f1']}, best "
-                  f"{results['runs'][name]['best_eval_f1']}, F1>=0.8 at {hit} s of training, "
-                  f"{results['runs'][name]['steps']} steps")
+            print(
+                f"{name}: final held-out F1 {results['runs'][name]['final_eval_f1']}, best "
+                f"{results['runs'][name]['best_eval_f1']}, F1>=0.8 at {hit} s of training, "
+                f"{results['runs'][name]['steps']} steps"
+            )
             for c in curve:
                 print(f"  t={c['time_s']:7.1f}s step={c['step']:6d} f1={c['f1']:.3f} acc={c['accuracy']:.3f}")
     results["load_average_after"] = os.getloadavg()

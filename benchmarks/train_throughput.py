@@ -124,8 +124,11 @@ def main() -> int:
                     "target_fovs_per_s": spec["target"],
                 }
                 out["results"].append(row)
-                print(f"{name:6s} {precision:9s} median {row['fovs_per_s_median']:.2f} FOVs/s, best {row['fovs_per_s_best']:.2f} "
-                      f"(TF {spec['tf']}, target {spec['target']}; load {', '.join(f'{v:.1f}' for v in load)})", flush=True)
+                print(
+                    f"{name:6s} {precision:9s} median {row['fovs_per_s_median']:.2f} FOVs/s, best {row['fovs_per_s_best']:.2f} "
+                    f"(TF {spec['tf']}, target {spec['target']}; load {', '.join(f'{v:.1f}' for v in load)})",
+                    flush=True,
+                )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote {args.out}")

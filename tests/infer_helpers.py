@@ -12,7 +12,6 @@ import torch
 from neuroflood.config import ModelConfig
 from neuroflood.model import build_model
 
-
 # -- a hand-wired network and image -------------------------------------------------------------
 
 

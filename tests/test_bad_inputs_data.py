@@ -17,8 +17,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from badinput import Case, check_refused, run_cli
 
+from badinput import Case, check_refused, run_cli
 from neuroflood.outputs import container_path, exclusive
 from neuroflood.volume import write_volume
 
@@ -91,7 +91,7 @@ def _export_target(name: str):
 
 
 def _cases(inputs: Path) -> list[Case]:
-    v, lab, img = f"{inputs}/v.h5", f"{inputs}/v.h5:labels", f"{inputs}/v.h5:image"
+    v, lab = f"{inputs}/v.h5", f"{inputs}/v.h5:labels"
     odd = f"{inputs}/odd.h5"
     return [
         # -- synth ---------------------------------------------------------------------
@@ -101,17 +101,41 @@ def _cases(inputs: Path) -> list[Case]:
         Case("synth-seed-negative", ["synth", "--shape", "16,16,16", "--seed", "-1", "--out", "{d}/s.h5"], r"seed -1"),
         Case("synth-density-negative", ["synth", "--shape", "16,16,16", "--density", "-1", "--out", "{d}/s.h5"], r"density -1"),
         Case("synth-density-zero", ["synth", "--shape", "16,16,16", "--density", "0", "--out", "{d}/s.h5"], r"density 0"),
-        Case("synth-contrast-above-one", ["synth", "--shape", "16,16,16", "--membrane-contrast", "2", "--out", "{d}/s.h5"], r"membrane_contrast 2"),
+        Case(
+            "synth-contrast-above-one",
+            ["synth", "--shape", "16,16,16", "--membrane-contrast", "2", "--out", "{d}/s.h5"],
+            r"membrane_contrast 2",
+        ),
         Case("synth-shape-huge", ["synth", "--shape", "5000,5000,5000", "--out", "{d}/s.h5"], r"needs about .* GiB"),
         Case("synth-shape-two-values", ["synth", "--shape", "16,16", "--out", "{d}/s.h5"], r"needs 3 values"),
         Case("synth-shape-tiny", ["synth", "--shape", "4,4,4", "--out", "{d}/s.h5"], r">= 8"),
         Case("synth-shape-words", ["synth", "--shape", "a,b,c", "--out", "{d}/s.h5"], r"not a comma-separated list of integers"),
         Case("synth-out-user-file", ["synth", "--shape", "16,16,16", "--out", "{d}/mine.h5"], r"exists", setup=_user_h5("mine.h5")),
-        Case("synth-overwrite-user-file", ["synth", "--shape", "16,16,16", "--out", "{d}/mine.h5", "--overwrite"], r"not written by neuroflood synth", setup=_user_h5("mine.h5")),
-        Case("synth-overwrite-not-hdf5", ["synth", "--shape", "16,16,16", "--out", "{d}/notes.h5", "--overwrite"], r"not written by neuroflood synth", setup=_user_file("notes.h5")),
+        Case(
+            "synth-overwrite-user-file",
+            ["synth", "--shape", "16,16,16", "--out", "{d}/mine.h5", "--overwrite"],
+            r"not written by neuroflood synth",
+            setup=_user_h5("mine.h5"),
+        ),
+        Case(
+            "synth-overwrite-not-hdf5",
+            ["synth", "--shape", "16,16,16", "--out", "{d}/notes.h5", "--overwrite"],
+            r"not written by neuroflood synth",
+            setup=_user_file("notes.h5"),
+        ),
         Case("synth-out-zarr", ["synth", "--shape", "16,16,16", "--out", "{d}/s.zarr"], r"must be an HDF5 file"),
-        Case("synth-out-directory", ["synth", "--shape", "16,16,16", "--out", "{d}/dir.h5", "--overwrite"], r"not written by neuroflood synth", setup=_user_dir("dir.h5")),
-        Case("synth-out-under-a-file", ["synth", "--shape", "16,16,16", "--out", "{d}/afile/s.h5"], r"is a file, not a directory", setup=_user_file("afile")),
+        Case(
+            "synth-out-directory",
+            ["synth", "--shape", "16,16,16", "--out", "{d}/dir.h5", "--overwrite"],
+            r"not written by neuroflood synth",
+            setup=_user_dir("dir.h5"),
+        ),
+        Case(
+            "synth-out-under-a-file",
+            ["synth", "--shape", "16,16,16", "--out", "{d}/afile/s.h5"],
+            r"is a file, not a directory",
+            setup=_user_file("afile"),
+        ),
         # -- export --------------------------------------------------------------------
         Case("export-block-zero", ["export", lab, "{d}/o.zarr/a", "--block", "0,0,0"], r"3 positive sizes"),
         Case("export-block-negative", ["export", lab, "{d}/o.zarr/a", "--block=-1,2,2"], r"3 positive sizes"),
@@ -123,49 +147,129 @@ def _cases(inputs: Path) -> list[Case]:
         Case("export-src-scalar", ["export", f"{odd}:scalar", "{d}/o.zarr/a"], r"non-empty 3-d"),
         Case("export-src-2d", ["export", f"{odd}:flat", "{d}/o.zarr/a"], r"non-empty 3-d"),
         Case("export-src-garbage-file", ["export", f"{inputs}/garbage.h5:x", "{d}/o.zarr/a"], r"cannot open"),
-        Case("export-src-corrupt-chunk", ["export", f"{inputs}/corrupt.zarr/a", "{d}/o.h5:a", "--block", "8,8,8"], r"cannot read .*corrupt.zarr/a: chunk 0.0.0 of region \[0:8, 0:8, 0:8\]"),
+        Case(
+            "export-src-corrupt-chunk",
+            ["export", f"{inputs}/corrupt.zarr/a", "{d}/o.h5:a", "--block", "8,8,8"],
+            r"cannot read .*corrupt.zarr/a: chunk 0.0.0 of region \[0:8, 0:8, 0:8\]",
+        ),
         Case("export-dst-exists", ["export", lab, "{d}/t.h5:x"], r"already exists", setup=_export_target("t.h5:x")),
-        Case("export-overwrite-user-dataset", ["export", lab, "{d}/t.h5:x", "--overwrite"], r"not written by neuroflood export", setup=_export_target("t.h5:x")),
-        Case("export-overwrite-user-zarr", ["export", lab, "{d}/t.zarr/x", "--overwrite"], r"not written by neuroflood export", setup=_export_target("t.zarr/x")),
-        Case("export-overwrite-user-dir-precomputed", ["export", lab, "precomputed://{d}/pc", "--overwrite"], r"not written by neuroflood export", setup=_user_dir("pc")),
-        Case("export-overwrite-user-npy", ["export", lab, "{d}/t.npy", "--overwrite"], r"not written by neuroflood export", setup=lambda d: np.save(d / "t.npy", np.zeros(3))),
+        Case(
+            "export-overwrite-user-dataset",
+            ["export", lab, "{d}/t.h5:x", "--overwrite"],
+            r"not written by neuroflood export",
+            setup=_export_target("t.h5:x"),
+        ),
+        Case(
+            "export-overwrite-user-zarr",
+            ["export", lab, "{d}/t.zarr/x", "--overwrite"],
+            r"not written by neuroflood export",
+            setup=_export_target("t.zarr/x"),
+        ),
+        Case(
+            "export-overwrite-user-dir-precomputed",
+            ["export", lab, "precomputed://{d}/pc", "--overwrite"],
+            r"not written by neuroflood export",
+            setup=_user_dir("pc"),
+        ),
+        Case(
+            "export-overwrite-user-npy",
+            ["export", lab, "{d}/t.npy", "--overwrite"],
+            r"not written by neuroflood export",
+            setup=lambda d: np.save(d / "t.npy", np.zeros(3)),
+        ),
         Case("export-dst-not-hdf5", ["export", lab, "{d}/notes.h5:x"], r"not an HDF5 file", setup=_user_file("notes.h5")),
         Case("export-dst-unsupported", ["export", lab, "{d}/out.txt"], r"unsupported volume spec"),
         Case("export-dst-zarr-without-name", ["export", lab, "{d}/o.zarr"], r"DIR.zarr/NAME"),
         Case("export-dst-same-h5-file", ["export", lab, f"{v}:copy"], r"export into another file"),
         Case("export-dst-under-a-file", ["export", lab, "{d}/afile/o.h5:x"], r"is a file, not a directory", setup=_user_file("afile")),
         # -- prepare -------------------------------------------------------------------
-        Case("prepare-overwrite-data-file", ["prepare", "--labels", lab, "--out", "{d}/data.h5", "--overwrite", *PREP], r"not written by neuroflood prepare", setup=_user_h5("data.h5")),
-        Case("prepare-overwrite-user-dir", ["prepare", "--labels", lab, "--out", "{d}/results", "--overwrite", *PREP], r"not written by neuroflood prepare", setup=_user_dir("results")),
-        Case("prepare-overwrite-own-input", ["prepare", "--labels", "{d}/in/v.zarr/labels", "--out", "{d}/in", "--overwrite", *PREP], r"holds an input of this run",
-             setup=lambda d: write_volume(f"{d}/in/v.zarr/labels", np.ones((24, 24, 24), np.uint64))),
-        Case("prepare-overwrite-cwd", ["prepare", "--labels", lab, "--out", "{d}", "--overwrite", *PREP], r"not written by neuroflood prepare"),
-        Case("prepare-out-exists", ["prepare", "--labels", lab, "--out", "{d}/results", *PREP], r"exists; choose another output", setup=_user_dir("results")),
+        Case(
+            "prepare-overwrite-data-file",
+            ["prepare", "--labels", lab, "--out", "{d}/data.h5", "--overwrite", *PREP],
+            r"not written by neuroflood prepare",
+            setup=_user_h5("data.h5"),
+        ),
+        Case(
+            "prepare-overwrite-user-dir",
+            ["prepare", "--labels", lab, "--out", "{d}/results", "--overwrite", *PREP],
+            r"not written by neuroflood prepare",
+            setup=_user_dir("results"),
+        ),
+        Case(
+            "prepare-overwrite-own-input",
+            ["prepare", "--labels", "{d}/in/v.zarr/labels", "--out", "{d}/in", "--overwrite", *PREP],
+            r"holds an input of this run",
+            setup=lambda d: write_volume(f"{d}/in/v.zarr/labels", np.ones((24, 24, 24), np.uint64)),
+        ),
+        Case(
+            "prepare-overwrite-cwd",
+            ["prepare", "--labels", lab, "--out", "{d}", "--overwrite", *PREP],
+            r"not written by neuroflood prepare",
+        ),
+        Case(
+            "prepare-out-exists",
+            ["prepare", "--labels", lab, "--out", "{d}/results", *PREP],
+            r"exists; choose another output",
+            setup=_user_dir("results"),
+        ),
         Case("prepare-out-empty-string", ["prepare", "--labels", lab, "--out", "", *PREP], r"--out is empty"),
-        Case("prepare-out-under-a-file", ["prepare", "--labels", lab, "--out", "{d}/afile/prep", *PREP], r"is a file, not a directory", setup=_user_file("afile")),
+        Case(
+            "prepare-out-under-a-file",
+            ["prepare", "--labels", lab, "--out", "{d}/afile/prep", *PREP],
+            r"is a file, not a directory",
+            setup=_user_file("afile"),
+        ),
         Case("prepare-tfrecord-directory", ["prepare", "--from-tfrecord", "{d}", "--out", "{d}/p"], r"is a directory"),
         Case("prepare-tfrecord-missing", ["prepare", "--from-tfrecord", "{d}/nope.gz", "--out", "{d}/p"], r"does not exist"),
-        Case("prepare-tfrecord-garbage", ["prepare", "--from-tfrecord", "{d}/notes.gz", "--out", "{d}/p"], r"notes.gz", setup=_user_file("notes.gz")),
-        Case("prepare-whitelist-negative", ["prepare", "--labels", lab, "--id-whitelist", "99999,-3", "--out", "{d}/p", *PREP], r"id_whitelist.*-3"),
+        Case(
+            "prepare-tfrecord-garbage",
+            ["prepare", "--from-tfrecord", "{d}/notes.gz", "--out", "{d}/p"],
+            r"notes.gz",
+            setup=_user_file("notes.gz"),
+        ),
+        Case(
+            "prepare-whitelist-negative",
+            ["prepare", "--labels", lab, "--id-whitelist", "99999,-3", "--out", "{d}/p", *PREP],
+            r"id_whitelist.*-3",
+        ),
         Case("prepare-whitelist-words", ["prepare", "--labels", lab, "--id-whitelist", "a,b", "--out", "{d}/p", *PREP], r"id-whitelist"),
         Case("prepare-labels-missing", ["prepare", "--labels", f"{inputs}/nope.h5:labels", "--out", "{d}/p", *PREP], r"does not exist"),
         Case("prepare-labels-float", ["prepare", "--labels", f"{odd}:floats", "--out", "{d}/p", *PREP], r"float|integer"),
-        Case("prepare-image-shape-mismatch", ["prepare", "--labels", lab, "--image", f"{inputs}/small.h5:image", "--out", "{d}/p", *PREP], r"has shape"),
+        Case(
+            "prepare-image-shape-mismatch",
+            ["prepare", "--labels", lab, "--image", f"{inputs}/small.h5:image", "--out", "{d}/p", *PREP],
+            r"has shape",
+        ),
         Case("prepare-lom-radius-negative", ["prepare", "--labels", lab, "--out", "{d}/p", *PREP, "--lom-radius=-1,4,4"], r"lom_radius"),
         Case("prepare-min-size-negative", ["prepare", "--labels", lab, "--out", "{d}/p", *PREP, "--min-size=-5"], r"min_size"),
         Case("prepare-no-labels", ["prepare", "--out", "{d}/p"], r"at least one labelled volume"),
         # -- import-tf -----------------------------------------------------------------
         Case("import-tf-into-user-dir", ["import-tf", str(CKPT), "{d}/models"], r"exists", setup=_user_dir("models")),
-        Case("import-tf-overwrite-user-dir", ["import-tf", str(CKPT), "{d}/models", "--overwrite"], r"not written by neuroflood import-tf", setup=_user_dir("models")),
+        Case(
+            "import-tf-overwrite-user-dir",
+            ["import-tf", str(CKPT), "{d}/models", "--overwrite"],
+            r"not written by neuroflood import-tf",
+            setup=_user_dir("models"),
+        ),
         Case("import-tf-into-data-file", ["import-tf", str(CKPT), "{d}/vol.h5"], r"exists", setup=_user_h5("vol.h5")),
-        Case("import-tf-overwrite-data-file", ["import-tf", str(CKPT), "{d}/vol.h5", "--overwrite"], r"not written by neuroflood import-tf", setup=_user_h5("vol.h5")),
+        Case(
+            "import-tf-overwrite-data-file",
+            ["import-tf", str(CKPT), "{d}/vol.h5", "--overwrite"],
+            r"not written by neuroflood import-tf",
+            setup=_user_h5("vol.h5"),
+        ),
         Case("import-tf-empty-out", ["import-tf", str(CKPT), ""], r"output directory is empty"),
         Case("import-tf-prefix-missing", ["import-tf", "{d}/nope/model.ckpt-1", "{d}/m"], r"nope"),
         Case("import-tf-empty-index", ["import-tf", f"{inputs}/empty", "{d}/m"], r"empty"),
         # -- demo ----------------------------------------------------------------------
         Case("demo-out-is-file", ["demo", "--size", "tiny", "--out", "{d}/notes.txt"], r"is a file", setup=_user_file("notes.txt")),
         Case("demo-out-not-empty", ["demo", "--size", "tiny", "--out", "{d}/results"], r"not empty", setup=_user_dir("results")),
-        Case("demo-overwrite-user-dir", ["demo", "--size", "tiny", "--out", "{d}/results", "--overwrite"], r"not written by neuroflood demo", setup=_user_dir("results")),
+        Case(
+            "demo-overwrite-user-dir",
+            ["demo", "--size", "tiny", "--out", "{d}/results", "--overwrite"],
+            r"not written by neuroflood demo",
+            setup=_user_dir("results"),
+        ),
         Case("demo-workers-zero", ["demo", "--size", "tiny", "--workers", "0", "--out", "{d}/demo"], r"--workers 0"),
         Case("demo-fib25-wrong-folder", ["demo", "--fib25", "{d}", "--out", "{d}/demo"], r"does not hold data/fib25"),
     ]
@@ -250,9 +354,15 @@ def test_a_second_run_on_a_held_output_is_refused(command, data, tmp_path, capsy
     held = {"synth": f"{out}.h5", "export": container_path(f"{out}.zarr/a")}.get(command, out)
     # Another process holds the output, as a concurrent run would.
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from neuroflood.outputs import container_path, exclusive\n"
-         "with exclusive(sys.argv[1], 'x'):\n    print('held', flush=True); time.sleep(60)", str(held)],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from neuroflood.outputs import container_path, exclusive\n"
+            "with exclusive(sys.argv[1], 'x'):\n    print('held', flush=True); time.sleep(60)",
+            str(held),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout.readline().strip() == "held"
@@ -269,9 +379,15 @@ def test_the_lock_goes_when_its_holder_dies(tmp_path):
     """flock is dropped by the kernel: a killed run never blocks the next one."""
     out = tmp_path / "out"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from neuroflood.outputs import container_path, exclusive\n"
-         "with exclusive(sys.argv[1], 'x'):\n    print('held', flush=True); time.sleep(60)", str(out)],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from neuroflood.outputs import container_path, exclusive\n"
+            "with exclusive(sys.argv[1], 'x'):\n    print('held', flush=True); time.sleep(60)",
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert holder.stdout.readline().strip() == "held"
     holder.kill()
@@ -328,7 +444,9 @@ def test_an_interrupted_export_leaves_nothing(dst, how, data, tmp_path):
     before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
     target = dst if dst.startswith("precomputed://") else f"{tmp_path}/{dst}"
     target = target.replace("precomputed://", f"precomputed://{tmp_path}/")
-    proc = subprocess.run([sys.executable, "-c", INTERRUPTED_EXPORT, f"{data}/v.h5:labels", target, how], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", INTERRUPTED_EXPORT, f"{data}/v.h5:labels", target, how], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == (130 if how == "SIGINT" else 143), proc.stderr
     after = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
     assert after == before

@@ -20,9 +20,8 @@ import numpy as np
 import pytest
 
 from badinput import Case, check_refused
-from neuroflood.volume import write_volume
-
 from infer_helpers import bright_image, bright_model
+from neuroflood.volume import write_volume
 
 SHAPE = (24, 24, 24)
 TINY_MODEL = "depth=1,features=4,fov=5,5,5,deltas=1,1,1"
@@ -70,25 +69,27 @@ def inputs(tmp_path_factory) -> dict[str, str]:
     run.mkdir()
     (run / "metrics.jsonl").write_text('{"step": 1, "time_s": 1.0, "split": "train", "loss": 0.5, "f1": 0.1}\n')
     _INPUTS.clear()
-    _INPUTS.update({
-        "model": str(t / "model"),
-        "img": f"{t}/img.h5:image",
-        "nanimg": f"{t}/nan.h5:image",
-        "uniimg": f"{uni}/nän.h5:image",
-        "infimg": f"{t}/inf.h5:image",
-        "img4d": f"{t}/img4d.h5:image",
-        "img20": f"{t}/img20.h5:image",
-        "gt": f"{t}/gt.h5:labels",
-        "seg": f"{t}/seg.zarr/seg",
-        "seg20": f"{t}/seg20.h5:seg",
-        "fseg": f"{t}/fseg.h5:seg",
-        "badseg": f"{t}/badseg.zarr/seg",
-        "badimg": f"{t}/badimg.zarr/image",
-        "garbage": f"{t}/garbage.h5:image",
-        "empty": f"{t}/empty.h5:image",
-        "run": str(run),
-        "inputs": str(t),
-    })
+    _INPUTS.update(
+        {
+            "model": str(t / "model"),
+            "img": f"{t}/img.h5:image",
+            "nanimg": f"{t}/nan.h5:image",
+            "uniimg": f"{uni}/nän.h5:image",
+            "infimg": f"{t}/inf.h5:image",
+            "img4d": f"{t}/img4d.h5:image",
+            "img20": f"{t}/img20.h5:image",
+            "gt": f"{t}/gt.h5:labels",
+            "seg": f"{t}/seg.zarr/seg",
+            "seg20": f"{t}/seg20.h5:seg",
+            "fseg": f"{t}/fseg.h5:seg",
+            "badseg": f"{t}/badseg.zarr/seg",
+            "badimg": f"{t}/badimg.zarr/image",
+            "garbage": f"{t}/garbage.h5:image",
+            "empty": f"{t}/empty.h5:image",
+            "run": str(run),
+            "inputs": str(t),
+        }
+    )
     return _INPUTS
 
 
@@ -130,7 +131,12 @@ def _hold(target: str) -> None:
     within one process) until the case is done."""
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
     proc = subprocess.Popen(
-        [sys.executable, "-c", _HOLDER, target], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        [sys.executable, "-c", _HOLDER, target],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
 
     def release() -> None:
@@ -181,19 +187,39 @@ VIEW = ["view", "{img}"]
 
 CASES = [
     # -- segment: options refused before any work --------------------------------------------
-    Case("seg-batch-size-huge", [*SEGH, "--set", "batch_size=1000000000"], r"batch_size 1000000000 needs about .* of memory.*use batch_size \d+ or less"),
+    Case(
+        "seg-batch-size-huge",
+        [*SEGH, "--set", "batch_size=1000000000"],
+        r"batch_size 1000000000 needs about .* of memory.*use batch_size \d+ or less",
+    ),
     Case("seg-batch-size-zero", [*SEGH, "--set", "batch_size=0"], r"batch_size.*greater than or equal to 1"),
     Case("seg-threads-zero", [*SEGH, "--threads", "0"], r"--threads 0 must be >= 1"),
     Case("seg-threads-negative", [*SEGH, "--threads", "-3"], r"--threads -3 must be >= 1"),
     Case("seg-nproc-zero", [*SEGZ, "--nproc-per-node", "0"], r"--nproc-per-node 0 must be >= 1"),
-    Case("seg-min-overlap-fraction-5", [*SEGZ, "--block-size", "16,16,16", "--min-overlap-fraction", "5"], r"--min-overlap-fraction 5\.0 must be a fraction in \(0, 1\]"),
-    Case("seg-min-overlap-fraction-nan", [*SEGZ, "--block-size", "16,16,16", "--min-overlap-fraction", "nan"], r"--min-overlap-fraction nan must be a fraction"),
-    Case("seg-min-overlap-voxels-zero", [*SEGZ, "--block-size", "16,16,16", "--min-overlap-voxels", "0"], r"--min-overlap-voxels 0 must be >= 1"),
+    Case(
+        "seg-min-overlap-fraction-5",
+        [*SEGZ, "--block-size", "16,16,16", "--min-overlap-fraction", "5"],
+        r"--min-overlap-fraction 5\.0 must be a fraction in \(0, 1\]",
+    ),
+    Case(
+        "seg-min-overlap-fraction-nan",
+        [*SEGZ, "--block-size", "16,16,16", "--min-overlap-fraction", "nan"],
+        r"--min-overlap-fraction nan must be a fraction",
+    ),
+    Case(
+        "seg-min-overlap-voxels-zero",
+        [*SEGZ, "--block-size", "16,16,16", "--min-overlap-voxels", "0"],
+        r"--min-overlap-voxels 0 must be >= 1",
+    ),
     Case("seg-block-size-zero", [*SEGZ, "--block-size", "0,0,0"], r"--block-size 0,0,0 must be positive on every axis"),
     Case("seg-block-size-negative", [*SEGZ, "--block-size=-4,16,16"], r"--block-size -4,16,16 must be positive"),
     Case("seg-block-size-two-values", [*SEGZ, "--block-size", "16,16"], r"--block-size .16,16. needs 3 values"),
     Case("seg-overlap-negative", [*SEGZ, "--block-size", "16,16,16", "--overlap=-1,0,0"], r"--overlap -1,0,0 must be >= 0"),
-    Case("seg-overlap-not-below-block", [*SEGZ, "--block-size", "8,8,8", "--overlap", "8,8,8"], r"overlap \(8, 8, 8\) must be smaller than the block size"),
+    Case(
+        "seg-overlap-not-below-block",
+        [*SEGZ, "--block-size", "8,8,8", "--overlap", "8,8,8"],
+        r"overlap \(8, 8, 8\) must be smaller than the block size",
+    ),
     Case("seg-handover-rounds-negative", [*SEGZ, "--block-size", "16,16,16", "--handover-rounds", "-1"], r"--handover-rounds -1 must be 0"),
     Case("seg-blockwise-h5-out", [*SEGH, "--block-size", "16,16,16"], r"blockwise output .* must be a zarr array spec"),
     # -- segment: --set keys, config files ----------------------------------------------------
@@ -208,10 +234,18 @@ CASES = [
     Case("seg-set-not-key-value", [*SEGH, "--set", "options"], r"is not KEY=VALUE"),
     Case("seg-set-device-bogus", [*SEGH, "--set", "device=tpu"], r"device 'tpu' is not"),
     Case("seg-config-missing", [*SEGH, "--config", "{d}/nope.toml"], r"config file .*nope\.toml does not exist"),
-    Case("seg-config-corrupt", [*SEGH, "--config", "{d}/bad.toml"], r"cannot parse .*bad\.toml",
-         setup=lambda d: (d / "bad.toml").write_text("batch_size = [1,\n")),
-    Case("seg-config-unknown-key", [*SEGH, "--config", "{d}/c.toml"], r"batch_sise: unknown option",
-         setup=lambda d: (d / "c.toml").write_text("batch_sise = 2\n")),
+    Case(
+        "seg-config-corrupt",
+        [*SEGH, "--config", "{d}/bad.toml"],
+        r"cannot parse .*bad\.toml",
+        setup=lambda d: (d / "bad.toml").write_text("batch_size = [1,\n"),
+    ),
+    Case(
+        "seg-config-unknown-key",
+        [*SEGH, "--config", "{d}/c.toml"],
+        r"batch_sise: unknown option",
+        setup=lambda d: (d / "c.toml").write_text("batch_sise = 2\n"),
+    ),
     # -- segment: inputs ---------------------------------------------------------------------
     Case("seg-nan-image", [*SEG, "--image", "{nanimg}", "--out", "{d}/o.h5:seg"], r"1 NaN or infinite values.*z,y,x = \(3, 4, 5\)"),
     Case("seg-inf-image", [*SEG, "--image", "{infimg}", "--out", "{d}/o.zarr/seg"], r"NaN or infinite values.*\(10, 10, 10\)"),
@@ -221,8 +255,12 @@ CASES = [
     Case("seg-image-is-dir", [*SEG, "--image", "{d}", "--out", "{d}/o.h5:seg"], r"unsupported volume spec|is a directory"),
     Case("seg-image-garbage", [*SEG, "--image", "{garbage}", "--out", "{d}/o.h5:seg"], r"cannot open .*garbage\.h5"),
     Case("seg-image-empty-file", [*SEG, "--image", "{empty}", "--out", "{d}/o.h5:seg"], r"cannot open .*empty\.h5"),
-    Case("seg-image-corrupt-zarr-chunk", [*SEG, "--image", "{badimg}", "--out", "{d}/o.h5:seg"], r"badimg\.zarr/image.*chunk.*1\.1\.1",
-         marks=CHUNK_XFAIL),
+    Case(
+        "seg-image-corrupt-zarr-chunk",
+        [*SEG, "--image", "{badimg}", "--out", "{d}/o.h5:seg"],
+        r"badimg\.zarr/image.*chunk.*1\.1\.1",
+        marks=CHUNK_XFAIL,
+    ),
     Case("seg-model-missing", [*SEG[:2], "{d}/nomodel", *SEG[3:], "--out", "{d}/o.h5:seg"], r"nomodel"),
     Case("seg-model-is-file", [*SEG[:2], "{d}/afile", *SEG[3:], "--out", "{d}/o.h5:seg"], r"afile", setup=_afile),
     Case("seg-bbox-reversed", [*SEGH, "--bbox", "10,10,10:5,5,5"], r"bounding box '10,10,10:5,5,5' is empty"),
@@ -233,32 +271,73 @@ CASES = [
     Case("seg-summary-is-dir", [*SEGH, "--summary", "{d}"], r"--summary .* is a directory; give a file path"),
     Case("seg-summary-under-file", [*SEGH, "--summary", "{d}/afile/s.json"], r"afile is a file, not a directory", setup=_afile),
     Case("seg-out-under-file", [*SEG, "--out", "{d}/afile/o.h5:seg"], r"afile is a file, not a directory", setup=_afile),
-    Case("seg-out-zarr-under-file", [*SEG, "--out", "{d}/afile/o.zarr/seg", "--block-size", "16,16,16"], r"afile is a file, not a directory",
-         setup=_afile),
+    Case(
+        "seg-out-zarr-under-file",
+        [*SEG, "--out", "{d}/afile/o.zarr/seg", "--block-size", "16,16,16"],
+        r"afile is a file, not a directory",
+        setup=_afile,
+    ),
     Case("seg-out-not-a-volume", [*SEG, "--out", "{d}/o.txt"], r"not an HDF5, zarr or npz spec"),
-    Case("seg-out-other-request", [*SEG, "--out", "{d}/prev.h5:seg", "--set", "options.min_segment_size=60"],
-         r"already holds a segmentation of another request \(differs in: request\.options\.min_segment_size\)", setup=_segment_other_request),
+    Case(
+        "seg-out-other-request",
+        [*SEG, "--out", "{d}/prev.h5:seg", "--set", "options.min_segment_size=60"],
+        r"already holds a segmentation of another request \(differs in: request\.options\.min_segment_size\)",
+        setup=_segment_other_request,
+    ),
     Case("seg-out-foreign-file", [*SEG, "--out", "{d}/foreign.h5:seg"], r"was not written by neuroflood segment", setup=_write_foreign_h5),
-    Case("seg-out-held", [*SEG, "--out", "{d}/held.h5:seg", "--overwrite"], r"another neuroflood run is writing --out .*held\.h5",
-         setup=_held_output("held.h5", "{d}/held.h5:seg")),
-    Case("seg-out-held-blockwise", [*SEGZ, "--block-size", "16,16,16"], r"another neuroflood run is writing --out .*o\.zarr/seg",
-         setup=_held_output("o.zarr/seg", "{d}/o.zarr/other")),
-    Case("seg-out-held-launcher", [*SEGZ, "--nproc-per-node", "2"], r"another neuroflood run is writing --out .*o\.zarr/seg",
-         setup=_held_output("o.zarr/seg", "{d}/o.zarr/other")),
+    Case(
+        "seg-out-held",
+        [*SEG, "--out", "{d}/held.h5:seg", "--overwrite"],
+        r"another neuroflood run is writing --out .*held\.h5",
+        setup=_held_output("held.h5", "{d}/held.h5:seg"),
+    ),
+    Case(
+        "seg-out-held-blockwise",
+        [*SEGZ, "--block-size", "16,16,16"],
+        r"another neuroflood run is writing --out .*o\.zarr/seg",
+        setup=_held_output("o.zarr/seg", "{d}/o.zarr/other"),
+    ),
+    Case(
+        "seg-out-held-launcher",
+        [*SEGZ, "--nproc-per-node", "2"],
+        r"another neuroflood run is writing --out .*o\.zarr/seg",
+        setup=_held_output("o.zarr/seg", "{d}/o.zarr/other"),
+    ),
     Case("seg-out-read-only", [*SEG, "--out", "{d}/ro/o.h5:seg"], r"permission denied", setup=_readonly, marks=(ROOT_SKIP,)),
     # -- consensus ---------------------------------------------------------------------------
-    Case("cons-shape-mismatch", ["consensus", "{seg}", "{seg20}", "--out", "{d}/c.h5:seg"], r"shape \(24, 24, 24\) and .*seg20\.h5:seg \(20, 20, 20\); give two segmentations of one box"),
+    Case(
+        "cons-shape-mismatch",
+        ["consensus", "{seg}", "{seg20}", "--out", "{d}/c.h5:seg"],
+        r"shape \(24, 24, 24\) and .*seg20\.h5:seg \(20, 20, 20\); give two segmentations of one box",
+    ),
     Case("cons-float-segmentation", ["consensus", "{seg}", "{fseg}", "--out", "{d}/c.h5:seg"], r"float32, not integer ids"),
-    Case("cons-split-min-size-negative", ["consensus", "{seg}", "{seg}", "--out", "{d}/c.h5:seg", "--split-min-size", "-1"], r"--split-min-size -1 must be >= 0"),
-    Case("cons-out-under-file", ["consensus", "{seg}", "{seg}", "--out", "{d}/afile/c.h5:seg"], r"afile is a file, not a directory", setup=_afile),
+    Case(
+        "cons-split-min-size-negative",
+        ["consensus", "{seg}", "{seg}", "--out", "{d}/c.h5:seg", "--split-min-size", "-1"],
+        r"--split-min-size -1 must be >= 0",
+    ),
+    Case(
+        "cons-out-under-file",
+        ["consensus", "{seg}", "{seg}", "--out", "{d}/afile/c.h5:seg"],
+        r"afile is a file, not a directory",
+        setup=_afile,
+    ),
     Case("cons-input-missing", ["consensus", "{seg}", "{d}/nope.h5:seg", "--out", "{d}/c.h5:seg"], r"nope\.h5 does not exist"),
     # -- evaluate ----------------------------------------------------------------------------
     Case("eval-errors-negative", [*EVAL, "--errors", "-1"], r"--errors -1 must be >= 0"),
     Case("eval-min-error-voxels-zero", [*EVAL, "--min-error-voxels", "0"], r"--min-error-voxels 0 must be >= 1"),
     Case("eval-erl-dust-negative", [*EVAL, "--erl-dust-threshold", "-5"], r"--erl-dust-threshold -5 must be >= 0"),
-    Case("eval-out-is-file", ["evaluate", "{seg}", "{gt}", "--out", "{d}/afile"], r"--out .*afile is a file, not a directory", setup=_afile),
+    Case(
+        "eval-out-is-file", ["evaluate", "{seg}", "{gt}", "--out", "{d}/afile"], r"--out .*afile is a file, not a directory", setup=_afile
+    ),
     Case("eval-out-under-file", ["evaluate", "{seg}", "{gt}", "--out", "{d}/afile/out"], r"afile is a file, not a directory", setup=_afile),
-    Case("eval-out-read-only", ["evaluate", "{seg}", "{gt}", "--out", "{d}/ro/out"], r"permission denied", setup=_readonly, marks=(ROOT_SKIP,)),
+    Case(
+        "eval-out-read-only",
+        ["evaluate", "{seg}", "{gt}", "--out", "{d}/ro/out"],
+        r"permission denied",
+        setup=_readonly,
+        marks=(ROOT_SKIP,),
+    ),
     Case("eval-shape-mismatch", ["evaluate", "{seg20}", "{gt}", "--out", "{d}/ev"], r"shape"),
     Case("eval-float-segmentation", ["evaluate", "{fseg}", "{gt}", "--out", "{d}/ev"], r"float32"),
     Case("eval-image-shape-mismatch", [*EVAL, "--image", "{img20}"], r"shape"),
@@ -267,11 +346,18 @@ CASES = [
     Case("eval-at-outside", [*EVAL, "--at", "99,0,0"], r"--at 99,0,0 lies outside"),
     Case("eval-gt-missing", ["evaluate", "{seg}", "{d}/nope.h5:labels", "--out", "{d}/ev"], r"nope\.h5 does not exist"),
     Case("eval-seg-is-dir", ["evaluate", "{d}", "{gt}", "--out", "{d}/ev"], r"unsupported volume spec|is a directory"),
-    Case("eval-corrupt-zarr-chunk", ["evaluate", "{badseg}", "{gt}", "--out", "{d}/ev"], r"badseg\.zarr/seg.*chunk.*1\.1\.1", marks=CHUNK_XFAIL),
+    Case(
+        "eval-corrupt-zarr-chunk",
+        ["evaluate", "{badseg}", "{gt}", "--out", "{d}/ev"],
+        r"badseg\.zarr/seg.*chunk.*1\.1\.1",
+        marks=CHUNK_XFAIL,
+    ),
     # -- report ------------------------------------------------------------------------------
     Case("report-run-is-file", ["report", "{d}/afile"], r"afile is a file, not a run directory", setup=_afile),
     Case("report-run-missing", ["report", "{d}/nope"], r"run directory .*nope does not exist"),
-    Case("report-config-is-list", ["report", "{d}/run"], r"config\.json holds a JSON list, not an object", setup=_run_dir(GOOD_LOG, "[1, 2]")),
+    Case(
+        "report-config-is-list", ["report", "{d}/run"], r"config\.json holds a JSON list, not an object", setup=_run_dir(GOOD_LOG, "[1, 2]")
+    ),
     Case("report-config-corrupt", ["report", "{d}/run"], r"config\.json is not valid JSON", setup=_run_dir(GOOD_LOG, "{")),
     Case("report-metrics-missing", ["report", "{d}/run"], r"metrics\.jsonl does not exist", setup=_run_dir(None)),
     Case("report-metrics-empty", ["report", "{d}/run"], r"has no records yet", setup=_run_dir("")),
@@ -305,7 +391,11 @@ CASES = [
     Case("study-target-accuracy-zero", [*OPT, "--target-accuracy", "0"], r"--target-accuracy 0\.0 must be a fraction in \(0, 1\]"),
     Case("study-data-size-too-small", [*BS, "--data-size", "6"], r"--data-size 6 is too small"),
     Case("study-seed-negative", [*BS, "--seed=-1"], r"--seed must be >= 0, got -1"),
-    Case("study-scaling-steps", ["study", "scaling", "--out", "{d}/study", "--steps", "1", "--skip-steps", "1", *STUDY], r"--steps 1 must exceed --skip-steps 1"),
+    Case(
+        "study-scaling-steps",
+        ["study", "scaling", "--out", "{d}/study", "--steps", "1", "--skip-steps", "1", *STUDY],
+        r"--steps 1 must exceed --skip-steps 1",
+    ),
 ]
 
 

@@ -17,7 +17,14 @@ from neuroflood.infer.blockwise import BlockFailures, run_blockwise_job
 from neuroflood.infer.handover import handover_seeds, merge_extension
 from neuroflood.infer.jobfiles import JobPaths
 from neuroflood.infer.reconcile import (
-    OverlapRule, apply_mapping, build_mapping, confirmed_pairs, encode, handover_pairs, inblock_pairs, overlap_pairs,
+    OverlapRule,
+    apply_mapping,
+    build_mapping,
+    confirmed_pairs,
+    encode,
+    handover_pairs,
+    inblock_pairs,
+    overlap_pairs,
 )
 from neuroflood.volume import ArrayVolume, open_volume
 
@@ -31,7 +38,7 @@ def test_grid_cores_tile_the_box_and_blocks_overlap():
         assert bbox.contains(b.box) and b.box.contains(b.core)
         cover[b.core.relative_to(bbox.start).to_slices()] += 1
         # every core voxel has half the overlap of block around it, unless at the box's edge
-        for a, c0, c1, b0, b1, o, lo, hi in zip(range(3), b.core.start, b.core.stop, b.box.start, b.box.stop, grid.overlap, bbox.start, bbox.stop):
+        for c0, c1, b0, b1, o, lo, hi in zip(b.core.start, b.core.stop, b.box.start, b.box.stop, grid.overlap, bbox.start, bbox.stop):
             assert b0 == max(lo, c0 - o // 2) and b1 == min(hi, c1 + o - o // 2)
     assert (cover == 1).all()  # cores tile the box exactly once
     # neighbours overlap by the requested amount
@@ -83,7 +90,7 @@ def test_handover_seeds_go_where_a_neighbour_reaches_into_empty_core():
     # one piece of 7 where B is empty (z 2..7, minus A's sliver 3), big enough: its seed lies
     # deep in 7 and away from B's 5, inside B's core; 3's 16 voxels are too few
     assert sources.tolist() == [[0, 7]]
-    (z, y, x), = seeds.tolist()
+    ((z, y, x),) = seeds.tolist()
     assert 16 <= x < 20 and seg[1][z, y, x - 12] == 0 and seg[0][z, y, x] == 7 and z <= 6
     assert handover_seeds(grid, a, seg.__getitem__, min_voxels=20)[0].shape == (0, 3)  # A's core is covered
     # a seed box that leaves out where 7's piece lies (z < 8): no seed
@@ -145,7 +152,9 @@ def test_block_peaks_are_the_one_subvolume_peaks_inside_the_canvas():
     assert len(want) > 10 and got == want
     # the noise: the whole box's RandomState(42) stream, drawn from the box's position on
     sub = BoundingBox((3, 5, 7), (4, 6, 8))
-    assert np.array_equal(subvolume_noise((10, 12, 14), sub.start, sub.size), np.random.RandomState(42).rand(10, 12, 14)[sub.to_slices()] * 1e-4)
+    assert np.array_equal(
+        subvolume_noise((10, 12, 14), sub.start, sub.size), np.random.RandomState(42).rand(10, 12, 14)[sub.to_slices()] * 1e-4
+    )
     # ... and above the size limit, a hash of the position: the same in every crop
     assert np.array_equal(position_noise((2, 3, 4), (5, 5, 5))[1:, 2:, 3:], position_noise((3, 5, 7), (4, 3, 2)))
 
@@ -188,8 +197,16 @@ def test_stitching_a_perfect_segmenter_recovers_the_ground_truth(tmp_path, synth
     seg = GroundTruthSegmenter(labels)
     out = f"{tmp_path}/seg.zarr/seg"
     res = run_blockwise_job(
-        out, image, BoundingBox.from_shape(labels.shape), (24, 24, 24), (8, 8, 8), seg, {"model": "gt"},
-        DistInfo(), OverlapRule(min_overlap_voxels=1, min_overlap_fraction=0.5), progress=False,
+        out,
+        image,
+        BoundingBox.from_shape(labels.shape),
+        (24, 24, 24),
+        (8, 8, 8),
+        seg,
+        {"model": "gt"},
+        DistInfo(),
+        OverlapRule(min_overlap_voxels=1, min_overlap_fraction=0.5),
+        progress=False,
     )
     assert res.blocks == 27 and len(res.blocks_run) == 27
     stitched = open_volume(out)[...]
@@ -200,8 +217,16 @@ def test_stitching_a_perfect_segmenter_recovers_the_ground_truth(tmp_path, synth
     # rerun: everything is done, nothing is recomputed
     seg.calls.clear()
     res2 = run_blockwise_job(
-        out, image, BoundingBox.from_shape(labels.shape), (24, 24, 24), (8, 8, 8), seg, {"model": "gt"},
-        DistInfo(), OverlapRule(min_overlap_voxels=1, min_overlap_fraction=0.5), progress=False,
+        out,
+        image,
+        BoundingBox.from_shape(labels.shape),
+        (24, 24, 24),
+        (8, 8, 8),
+        seg,
+        {"model": "gt"},
+        DistInfo(),
+        OverlapRule(min_overlap_voxels=1, min_overlap_fraction=0.5),
+        progress=False,
     )
     assert seg.calls == [] and res2.blocks_skipped == 27
     np.testing.assert_array_equal(open_volume(out)[...], stitched)
@@ -259,8 +284,16 @@ def test_a_leak_in_one_blocks_margin_merges_nothing_when_both_sides_must_agree(t
     seg = LeakySegmenter(labels)
     out = f"{tmp_path}/seg.zarr/seg"
     run_blockwise_job(
-        out, image, BoundingBox.from_shape(labels.shape), (4, 4, 16), (0, 0, 8), seg, {"model": "leaky"},
-        DistInfo(), OverlapRule(min_overlap_voxels=1, min_overlap_fraction=0.5, both_sides=both_sides), progress=False,
+        out,
+        image,
+        BoundingBox.from_shape(labels.shape),
+        (4, 4, 16),
+        (0, 0, 8),
+        seg,
+        {"model": "leaky"},
+        DistInfo(),
+        OverlapRule(min_overlap_voxels=1, min_overlap_fraction=0.5, both_sides=both_sides),
+        progress=False,
     )
     assert any(c.startswith("0,0,0:") for c in seg.calls)  # the leaky block ran
     stitched = open_volume(out)[...]
@@ -297,5 +330,7 @@ def test_block_grid_seeds_are_anchored_at_the_job_not_the_block():
     # the segmenter resolves the request's policy once; PolicyPeaks asks for image beyond the canvas
     seg = FFNBlockSegmenter(Model(), InferenceRequest.model_validate({"seed_policy": "PolicyGrid3d"}), job_box=job)
     assert seg.seed_policy == grid and seg.context == (4, 4, 4)
-    wrapped = InferenceRequest.model_validate({"seed_policy": "SequentialPolicies", "seed_policy_args": {"policies": [["PolicyPeaks", {}]]}})
+    wrapped = InferenceRequest.model_validate(
+        {"seed_policy": "SequentialPolicies", "seed_policy_args": {"policies": [["PolicyPeaks", {}]]}}
+    )
     assert FFNBlockSegmenter(Model(), wrapped).context == FFNBlockSegmenter(Model(), InferenceRequest()).context != (4, 4, 4)

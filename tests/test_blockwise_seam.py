@@ -84,17 +84,21 @@ def _worker(image_spec: str, out: str, handover_rounds: int = 2, request: dict |
     model = OracleFFN()
     image = open_volume(image_spec)
     run_blockwise_job(
-        out, image, BoundingBox.from_shape(image.shape), block, OVERLAP,
+        out,
+        image,
+        BoundingBox.from_shape(image.shape),
+        block,
+        OVERLAP,
         FFNBlockSegmenter(model, InferenceRequest.model_validate(request or REQUEST), job_box=BoundingBox.from_shape(image.shape)),
-        {"model": "oracle"}, info,
-        progress=False, handover_rounds=handover_rounds,
+        {"model": "oracle"},
+        info,
+        progress=False,
+        handover_rounds=handover_rounds,
     )
     cleanup()
 
 
-def _run_two_workers(
-    image_spec: str, out: str, handover_rounds: int = 2, request: dict | None = None, block: tuple = BLOCK
-) -> None:
+def _run_two_workers(image_spec: str, out: str, handover_rounds: int = 2, request: dict | None = None, block: tuple = BLOCK) -> None:
     from neuroflood.distributed import free_port, local_rank_env
 
     port = free_port()
@@ -165,8 +169,15 @@ def test_blockwise_masks_are_placed_where_each_block_is(tmp_path):
     request = InferenceRequest.model_validate({**REQUEST, "masks": [{"expression": "x >= 40"}]})
     out = f"{tmp_path}/seg.zarr/seg"
     run_blockwise_job(
-        out, ArrayVolume("coded", image), BoundingBox.from_shape(image.shape), BLOCK, OVERLAP,
-        FFNBlockSegmenter(OracleFFN(), request), {"model": "oracle"}, DistInfo(), progress=False,
+        out,
+        ArrayVolume("coded", image),
+        BoundingBox.from_shape(image.shape),
+        BLOCK,
+        OVERLAP,
+        FFNBlockSegmenter(OracleFFN(), request),
+        {"model": "oracle"},
+        DistInfo(),
+        progress=False,
     )
     stitched = open_volume(out)[...]
     # FOV centres stay at x < 40 (also in blocks that start at x > 0), so fills end within
@@ -187,8 +198,8 @@ def test_handover_floods_what_a_neighbour_carries_in(tmp_path):
     from neuroflood.distributed import DistInfo
     from neuroflood.infer.block_segmenter import FFNBlockSegmenter
     from neuroflood.infer.blockwise import run_blockwise_job
-    from neuroflood.infer.jobfiles import JobPaths
     from neuroflood.infer.config import InferenceRequest
+    from neuroflood.infer.jobfiles import JobPaths
     from neuroflood.infer.segment import segment_subvolume
     from neuroflood.volume import ArrayVolume, open_volume
 
@@ -201,9 +212,16 @@ def test_handover_floods_what_a_neighbour_carries_in(tmp_path):
     def blockwise(rounds: int) -> tuple[np.ndarray, JobPaths]:
         out = f"{tmp_path}/r{rounds}.zarr/seg"
         run_blockwise_job(
-            out, ArrayVolume("tube", image), BoundingBox.from_shape(image.shape), (24, 24, 44), (12, 12, 12),
-            FFNBlockSegmenter(OracleFFN(), InferenceRequest.model_validate(request)), {"model": "oracle"}, DistInfo(),
-            progress=False, handover_rounds=rounds,
+            out,
+            ArrayVolume("tube", image),
+            BoundingBox.from_shape(image.shape),
+            (24, 24, 44),
+            (12, 12, 12),
+            FFNBlockSegmenter(OracleFFN(), InferenceRequest.model_validate(request)),
+            {"model": "oracle"},
+            DistInfo(),
+            progress=False,
+            handover_rounds=rounds,
         )
         return open_volume(out)[...], JobPaths.from_spec(out)
 

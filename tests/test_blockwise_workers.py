@@ -33,10 +33,34 @@ def job(tmp_path_factory):
 
 def _cmd(root: Path, out: str, *extra: str) -> list[str]:
     return [
-        sys.executable, "-m", "neuroflood", "segment", "--model", str(root / "model"), "--image", f"{root}/vol.h5:image",
-        "--out", out, "--block-size", "20,20,20", "--overlap", "4,4,4", "--nproc-per-node", "2", "--threads", "1",
-        "--no-progress", "--set", "options.min_segment_size=10", "--set", "options.move_threshold=0.5",
-        "--set", "seed_policy=PolicyGrid3d", "--set", "seed_policy_args.step=4", *extra,
+        sys.executable,
+        "-m",
+        "neuroflood",
+        "segment",
+        "--model",
+        str(root / "model"),
+        "--image",
+        f"{root}/vol.h5:image",
+        "--out",
+        out,
+        "--block-size",
+        "20,20,20",
+        "--overlap",
+        "4,4,4",
+        "--nproc-per-node",
+        "2",
+        "--threads",
+        "1",
+        "--no-progress",
+        "--set",
+        "options.min_segment_size=10",
+        "--set",
+        "options.move_threshold=0.5",
+        "--set",
+        "seed_policy=PolicyGrid3d",
+        "--set",
+        "seed_policy_args.step=4",
+        *extra,
     ]
 
 

@@ -161,9 +161,7 @@ def test_neuroglancer_viewer_renders(browser, volumes):
             if _colourful_fraction(pixels) > 0.15:
                 break
         _save(pixels, "neuroglancer.png")
-        layers = browser.run(
-            "return Array.from(document.querySelectorAll('.neuroglancer-layer-item-label')).map(e => e.textContent)"
-        )
+        layers = browser.run("return Array.from(document.querySelectorAll('.neuroglancer-layer-item-label')).map(e => e.textContent)")
         assert layers == ["synth.h5:image", "synth.h5:labels", "synth.h5:seg"]
         assert pixels.std() > 20, "the viewer screenshot is blank"
         assert _colourful_fraction(pixels) > 0.15, "the viewer shows its UI but no segmentation"

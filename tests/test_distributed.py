@@ -71,7 +71,11 @@ def _in_process(options: dict) -> None:
 
 
 def _env(**extra: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "TORCHELASTIC_")) and k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("SLURM_", "TORCHELASTIC_")) and k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+    }
     return {**env, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **extra}
 
 
@@ -84,8 +88,14 @@ def _srun(config: Path, port: int) -> list[subprocess.Popen]:
     """Two ranks as ``srun --ntasks 2 neuroflood train`` starts them (SLURM variables only)."""
     procs = []
     for rank in range(2):
-        env = _env(SLURM_PROCID=str(rank), SLURM_NTASKS="2", SLURM_LOCALID=str(rank), SLURM_JOB_NODELIST="localhost",
-                   SLURM_JOB_ID="1", MASTER_PORT=str(port))
+        env = _env(
+            SLURM_PROCID=str(rank),
+            SLURM_NTASKS="2",
+            SLURM_LOCALID=str(rank),
+            SLURM_JOB_NODELIST="localhost",
+            SLURM_JOB_ID="1",
+            MASTER_PORT=str(port),
+        )
         cmd = [sys.executable, "-m", "neuroflood", "train", "--config", str(config)]
         procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     return procs
@@ -147,7 +157,7 @@ def test_n_ranks_batch_b_equal_one_worker_batch_nb(data, tmp_path):
     steps, n, b = 6, 2, 2
     centres = np.random.default_rng(1).integers(9, 39, (steps * n * b, 3))
     write_coordinates(tmp_path / "one.bin", centres, None, ["synth"])
-    per_rank = [np.concatenate([centres[t * n * b + r * b: t * n * b + (r + 1) * b] for t in range(steps)]) for r in range(n)]
+    per_rank = [np.concatenate([centres[t * n * b + r * b : t * n * b + (r + 1) * b] for t in range(steps)]) for r in range(n)]
     write_coordinates(tmp_path / "ranks.bin", np.concatenate(per_rank), None, ["synth"])
     fixed = dict(max_steps=steps, fov_policy="no_step", shuffle_coordinates=False, permutable_axes=(), reflectable_axes=())
     opts = _options(data, tmp_path / "ranks", coords=str(tmp_path / "ranks.bin"), **fixed)
@@ -164,8 +174,18 @@ def test_killed_rank_restarts_from_last_checkpoint(data, tmp_path):
     """SIGKILL of rank 1 under --max-restarts 1: all workers restart from the last checkpoint."""
     every, total = 10, 160
     opts = _options(data, tmp_path / "run", max_steps=total, checkpoint_every_steps=every, summary_every_steps=1, keep_last=100)
-    cmd = [sys.executable, "-m", "neuroflood", "train", "--nproc-per-node", "2", "--max-restarts", "1",
-           "--config", str(_config_file(tmp_path / "run.json", opts))]
+    cmd = [
+        sys.executable,
+        "-m",
+        "neuroflood",
+        "train",
+        "--nproc-per-node",
+        "2",
+        "--max-restarts",
+        "1",
+        "--config",
+        str(_config_file(tmp_path / "run.json", opts)),
+    ]
     launcher = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     run = tmp_path / "run"
     _wait_for(lambda: len(checkpoint_dirs(run)) >= 2, 90, [launcher])

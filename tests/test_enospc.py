@@ -57,7 +57,7 @@ class FullDisk:
     def __getattr__(self, name: str):
         return getattr(self._f, name)
 
-    def __enter__(self) -> "FullDisk":
+    def __enter__(self) -> FullDisk:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -184,11 +184,33 @@ def test_checkpoint_save_on_full_disk_keeps_the_previous_one(tmp_path, monkeypat
 def test_train_cli_on_full_disk_says_so_in_one_line_and_resumes_exactly(data, tmp_path, monkeypatch, capsys):
     """The 2nd checkpoint hits a full disk: one error line, exit 2, the 1st checkpoint intact;
     once there is room, the same command resumes from it to the same weights as a clean run."""
+
     def argv(run: Path) -> list[str]:
-        return ["train", "--image", f"{data}/v.h5:image", "--labels", f"{data}/v.h5:labels",
-                "--coords", str(data / "train.nfc"), "--run-dir", str(run), "--model", TINY_SPEC,
-                "--optimizer", "adam", "--batch-size", "2", "--max-steps", "4", "--checkpoint-every-steps", "2",
-                "--no-tensorboard", "--no-progress", "--threads", "1"]
+        return [
+            "train",
+            "--image",
+            f"{data}/v.h5:image",
+            "--labels",
+            f"{data}/v.h5:labels",
+            "--coords",
+            str(data / "train.nfc"),
+            "--run-dir",
+            str(run),
+            "--model",
+            TINY_SPEC,
+            "--optimizer",
+            "adam",
+            "--batch-size",
+            "2",
+            "--max-steps",
+            "4",
+            "--checkpoint-every-steps",
+            "2",
+            "--no-tensorboard",
+            "--no-progress",
+            "--threads",
+            "1",
+        ]
 
     run = tmp_path / "run"
     snap = {}
@@ -228,9 +250,23 @@ def test_stale_temporaries_of_a_killed_writer_are_swept(tmp_path):
 
 
 def _segment(data: Path, out: str, *extra: str) -> list[str]:
-    return ["segment", "--model", str(data / "bright_model"), "--image", f"{data}/v.h5:bright", "--out", out,
-            "--no-progress", "--threads", "1", "--set", "options.min_segment_size=20",
-            "--set", "keep_probability_maps=true", *extra]
+    return [
+        "segment",
+        "--model",
+        str(data / "bright_model"),
+        "--image",
+        f"{data}/v.h5:bright",
+        "--out",
+        out,
+        "--no-progress",
+        "--threads",
+        "1",
+        "--set",
+        "options.min_segment_size=20",
+        "--set",
+        "keep_probability_maps=true",
+        *extra,
+    ]
 
 
 def test_segment_npz_output_on_full_disk(data, tmp_path, monkeypatch, capsys):
@@ -300,8 +336,21 @@ def test_write_coordinates_on_full_disk(tmp_path, monkeypatch):
 def test_prepare_on_full_disk(data, tmp_path, monkeypatch, capsys):
     """``prepare --overwrite`` whose coordinate file hits a full disk: the earlier output stays."""
     out = tmp_path / "prep"
-    argv = ["prepare", "--labels", f"v={data}/v.h5:labels", "--out", str(out), "--lom-radius", "3,3,3",
-            "--margin", "4,4,4", "--min-size", "20", "--allow-missing-classes", "--no-progress"]
+    argv = [
+        "prepare",
+        "--labels",
+        f"v={data}/v.h5:labels",
+        "--out",
+        str(out),
+        "--lom-radius",
+        "3,3,3",
+        "--margin",
+        "4,4,4",
+        "--min-size",
+        "20",
+        "--allow-missing-classes",
+        "--no-progress",
+    ]
     assert main(argv) == 0
     before = files(tmp_path)
     fill_disk_in_mkstemp_files(monkeypatch, 1000, "coordinates.nfc")

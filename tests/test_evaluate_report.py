@@ -82,8 +82,19 @@ def test_evaluate_a_crop_of_fib25(tmp_path, fib25_h5):
     seg_path = tmp_path / "seg.npy"
     np.save(seg_path, _perturb(gt))
     out = tmp_path / "eval"
-    args = ["evaluate", str(seg_path), f"{fib25_h5}:labels", "--image", f"{fib25_h5}:image", "--out", str(out),
-            "--bbox", "100,60,30:164,124,94", "--at", "32,32,32"]
+    args = [
+        "evaluate",
+        str(seg_path),
+        f"{fib25_h5}:labels",
+        "--image",
+        f"{fib25_h5}:image",
+        "--out",
+        str(out),
+        "--bbox",
+        "100,60,30:164,124,94",
+        "--at",
+        "32,32,32",
+    ]
     assert main(args) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["shape"] == [64, 64, 64] and metrics["offset_zyx"] == [100, 60, 30]
@@ -97,7 +108,11 @@ def test_evaluate_a_crop_of_fib25(tmp_path, fib25_h5):
 @pytest.mark.parametrize(
     "seg, gt, message",
     [
-        (np.ones((8, 8, 8), np.uint32), np.ones((8, 8, 9), np.uint32), "segmentation shape (8, 8, 8) differs from ground truth shape (8, 8, 9)"),
+        (
+            np.ones((8, 8, 8), np.uint32),
+            np.ones((8, 8, 9), np.uint32),
+            "segmentation shape (8, 8, 8) differs from ground truth shape (8, 8, 9)",
+        ),
         (np.ones((8, 8, 8), np.uint32), np.zeros((8, 8, 8), np.uint32), "has no labelled voxel (all 0)"),
         (np.ones((8, 8, 8), np.float32), np.ones((8, 8, 8), np.uint32), "has dtype float32, not integer labels"),
     ],

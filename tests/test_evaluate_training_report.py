@@ -24,8 +24,18 @@ def make_run(run: Path, steps: int = 300, samples: bool = True, truncated_tail: 
         lr = 1e-3 * min(1.0, step / 50)  # linear warm-up
         loss = 0.7 * np.exp(-step / 120) + 0.1 + 0.03 * rng.random()
         f1 = 1 - loss
-        rec = dict(step=step, time_s=0.5 * step, split="train", fovs_per_s=40 + rng.random(), loss=loss,
-                   accuracy=1 - loss / 3, precision=f1 + 0.02, recall=f1 - 0.02, f1=f1, **{lr_key: lr})
+        rec = dict(
+            step=step,
+            time_s=0.5 * step,
+            split="train",
+            fovs_per_s=40 + rng.random(),
+            loss=loss,
+            accuracy=1 - loss / 3,
+            precision=f1 + 0.02,
+            recall=f1 - 0.02,
+            f1=f1,
+            **{lr_key: lr},
+        )
         lines.append(json.dumps(rec))
         if step % 50 == 0:
             lines.append(json.dumps({**rec, "split": "eval", "loss": loss + 0.05, "f1": f1 - 0.05}))
@@ -41,8 +51,13 @@ def make_run(run: Path, steps: int = 300, samples: bool = True, truncated_tail: 
         image = (120 + 60 * label + rng.normal(0, 10, label.shape)).astype(np.uint8)
         for step in (100, 200):
             logits = 4 * (label - 0.5) + rng.normal(0, 1.5, label.shape)
-            np.savez(run / "samples" / f"step{step:06d}.npz", image=image[None, ..., None], labels=label[None, ..., None],
-                     logits=logits[None, ..., None], step=step)
+            np.savez(
+                run / "samples" / f"step{step:06d}.npz",
+                image=image[None, ..., None],
+                labels=label[None, ..., None],
+                logits=logits[None, ..., None],
+                step=step,
+            )
     return run
 
 
@@ -60,7 +75,7 @@ def test_report_of_a_run(tmp_path, capsys):
     for png in out.glob("*.png"):
         assert _png_not_blank(png.read_bytes()), png.name
     html = (out / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 4 and "src=\"http" not in html
+    assert html.count("data:image/png;base64,") == 4 and 'src="http' not in html
     summary = json.loads((out / "summary.json").read_text())
     assert summary["last"]["train"]["step"] == 298 and summary["last"]["eval"]["step"] == 250
     assert "model.depth" in html  # the config table
@@ -112,8 +127,23 @@ def test_learning_rate_key_and_null_values(tmp_path):
     """`neuroflood train` writes ``learning_rate`` and ``null`` for undefined metrics."""
     run = make_run(tmp_path / "run", samples=False, lr_key="learning_rate")
     with open(run / "metrics.jsonl", "a") as f:
-        f.write(json.dumps({"step": 300, "time_s": 150.0, "split": "train", "fovs_per_s": 40.0, "loss": 0.2,
-                            "accuracy": None, "precision": None, "recall": None, "f1": None, "learning_rate": 1e-3}) + "\n")
+        f.write(
+            json.dumps(
+                {
+                    "step": 300,
+                    "time_s": 150.0,
+                    "split": "train",
+                    "fovs_per_s": 40.0,
+                    "loss": 0.2,
+                    "accuracy": None,
+                    "precision": None,
+                    "recall": None,
+                    "f1": None,
+                    "learning_rate": 1e-3,
+                }
+            )
+            + "\n"
+        )
     summary = write_training_report(run)
     assert (run / "report" / "lr_schedule.png").exists()
     assert summary["last"]["train"]["learning_rate"] == 1e-3 and summary["last"]["train"]["f1"] is None

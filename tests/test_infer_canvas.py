@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from infer_helpers import SMALL, FixedClient, bright_image, bright_model
 from neuroflood.infer.canvas import Canvas
 from neuroflood.infer.config import InferenceOptions, InferenceRequest
 from neuroflood.infer.executor import LocalExecutor
 from neuroflood.probability import logit
-
-from infer_helpers import SMALL, FixedClient, bright_image, bright_model
 
 
 def test_update_at_pads_nan_and_disco_freezes_background():
@@ -44,8 +43,12 @@ def _bright_canvas(image, **kw):
     from neuroflood.infer.inputs import normalize_image
 
     return Canvas(
-        normalize_image(model, image, req), LocalExecutor(model, "cpu"), req.options,
-        fov_size=(9, 9, 9), deltas=(2, 2, 2), **kw,
+        normalize_image(model, image, req),
+        LocalExecutor(model, "cpu"),
+        req.options,
+        fov_size=(9, 9, 9),
+        deltas=(2, 2, 2),
+        **kw,
     )
 
 

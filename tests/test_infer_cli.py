@@ -15,12 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from infer_helpers import bright_image, bright_model
 from neuroflood.cli import main
 from neuroflood.infer.storage import default_checkpoint_path, read_output
 from neuroflood.model import save_model
 from neuroflood.volume import write_volume
-
-from infer_helpers import bright_image, bright_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -106,8 +105,23 @@ def test_consensus_of_a_run_with_itself_keeps_its_segments(setup, capsys):
 
 def test_sigkilled_run_resumes_from_its_checkpoint(setup, tmp_path):
     _, model, image, _ = setup
-    cmd = [sys.executable, "-m", "neuroflood", "segment", "--model", model, "--image", image, "--threads", "1",
-           "--set", "options.min_segment_size=50", "--set", "checkpoint_interval=1e-9", "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "neuroflood",
+        "segment",
+        "--model",
+        model,
+        "--image",
+        image,
+        "--threads",
+        "1",
+        "--set",
+        "options.min_segment_size=50",
+        "--set",
+        "checkpoint_interval=1e-9",
+        "--no-progress",
+    ]
     killed_out, ref_out = f"{tmp_path}/killed.h5:segmentation", f"{tmp_path}/ref.h5:segmentation"
     ckpt = Path(default_checkpoint_path(killed_out))
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}

@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from infer_helpers import bright_model
 from neuroflood.errors import ConfigError
 from neuroflood.infer.executor import BatchedExecutor, LocalExecutor
-
-from infer_helpers import bright_model
 
 
 def test_batched_executor_matches_local_and_batches_across_threads():

@@ -11,14 +11,13 @@ import numpy as np
 import pytest
 
 from badinput import Case, check_refused
+from infer_helpers import bright_image, bright_model
 from neuroflood.errors import ConfigError
 from neuroflood.infer.config import InferenceRequest, MaskConfig
 from neuroflood.infer.expression import MAX_DEPTH, MAX_LENGTH, check_expression, evaluate_expression
 from neuroflood.infer.segment import build_mask
 from neuroflood.model import save_model
 from neuroflood.volume import write_volume
-
-from infer_helpers import bright_image, bright_model
 
 # (expression, what the message must name)
 REFUSED = [
@@ -103,10 +102,14 @@ VALID = [
     ("np.where(z > 7, x, y) > 4", lambda z, y, x: np.where(z > 7, x, y) > 4),
     ("np.clip(x, 4, 6) == 6", lambda z, y, x: np.clip(x, 4, 6) == 6),
     ("np.round(np.sin(x * np.pi / 4), 3) > 0", lambda z, y, x: np.round(np.sin(x * np.pi / 4), 3) > 0),
-    ("np.floor(np.log(x + 1)) >= np.ceil(np.cos(y) + np.exp(-z))",
-     lambda z, y, x: np.floor(np.log(x + 1)) >= np.ceil(np.cos(y) + np.exp(-z))),
-    ("np.logical_not(np.logical_or(x < 4, np.logical_xor(y < 2, z < 7)))",
-     lambda z, y, x: np.logical_not(np.logical_or(x < 4, np.logical_xor(y < 2, z < 7)))),
+    (
+        "np.floor(np.log(x + 1)) >= np.ceil(np.cos(y) + np.exp(-z))",
+        lambda z, y, x: np.floor(np.log(x + 1)) >= np.ceil(np.cos(y) + np.exp(-z)),
+    ),
+    (
+        "np.logical_not(np.logical_or(x < 4, np.logical_xor(y < 2, z < 7)))",
+        lambda z, y, x: np.logical_not(np.logical_or(x < 4, np.logical_xor(y < 2, z < 7))),
+    ),
     ("True", lambda z, y, x: True),
     ("0", lambda z, y, x: 0),
     ("1 < 2 < z", lambda z, y, x: 2 < z),  # Python's chain: True and (2 < z)
@@ -132,8 +135,18 @@ def test_valid_expression_gives_the_numpy_mask(text, numpy_mask):
 
 @pytest.mark.parametrize(
     "text, value",
-    [("1 and 5", 5), ("0 and 5", 0), ("0 or 2.5", 2.5), ("3 or 0", 3), ("not 0", True),
-     ("(1 and 5) + 2", 7), ("3 > 2 > 5", False), ("~True", -2), ("2 ** -1", 0.5), ("10 ** 300 > 1", True)],
+    [
+        ("1 and 5", 5),
+        ("0 and 5", 0),
+        ("0 or 2.5", 2.5),
+        ("3 or 0", 3),
+        ("not 0", True),
+        ("(1 and 5) + 2", 7),
+        ("3 > 2 > 5", False),
+        ("~True", -2),
+        ("2 ** -1", 0.5),
+        ("10 ** 300 > 1", True),
+    ],
 )
 def test_scalar_logic_keeps_python_values(text, value):
     got = evaluate_expression(text, 0, 0, 0)
@@ -142,10 +155,15 @@ def test_scalar_logic_keeps_python_values(text, value):
 
 @pytest.mark.parametrize(
     "text, names",
-    [("1 / 0", "ZeroDivisionError"), ("x ** -1 > 0", "Integers to negative integer powers"),
-     ("x + 10 ** 300 > 0", "OverflowError"), ("~(x / 2) > 0", "TypeError"),
-     ("9 ** 9 ** 9 > x", "integer power beyond 1024 bits"), ("(10 ** 300) ** 2 > x", "integer power beyond 1024"),
-     ("10 ** 300 * 10 ** 300 > x", "integer beyond 1024 bits")],
+    [
+        ("1 / 0", "ZeroDivisionError"),
+        ("x ** -1 > 0", "Integers to negative integer powers"),
+        ("x + 10 ** 300 > 0", "OverflowError"),
+        ("~(x / 2) > 0", "TypeError"),
+        ("9 ** 9 ** 9 > x", "integer power beyond 1024 bits"),
+        ("(10 ** 300) ** 2 > x", "integer power beyond 1024"),
+        ("10 ** 300 * 10 ** 300 > x", "integer beyond 1024 bits"),
+    ],
 )
 def test_failing_arithmetic_is_a_config_error(text, names):
     z, y, x = np.ogrid[:2, :2, :2]
@@ -174,12 +192,14 @@ def _toml(name: str, table: str, expression: str, files: dict[str, str] | None =
         (d / name).write_text(f'checkpoint_interval = 0\n\n[[{table}]]\nexpression = "{expression.format(d=d)}"\n')
         for fname, text in (files or {}).items():
             (d / fname).write_text(text)
+
     return setup
 
 
 def _json(name: str, expression: str):
     def setup(d: Path) -> None:
         (d / name).write_text(json.dumps({"masks": [{"expression": expression.format(d=d)}]}))
+
     return setup
 
 
@@ -193,20 +213,45 @@ def _kept(d: Path) -> None:
 
 def _cases():
     def seg(*extra):
-        return ["segment", "--model", "{model}", "--image", "{image}", "--out", "{d}/seg.h5:segmentation",
-                "--no-progress", *extra]
+        return ["segment", "--model", "{model}", "--image", "{image}", "--out", "{d}/seg.h5:segmentation", "--no-progress", *extra]
+
     return [
-        Case("toml-shell-command", seg("--config", "{d}/bad.toml"),
-             r"seed_masks\.0\.expression.*attribute 'ctypeslib'",
-             setup=_toml("bad.toml", "seed_masks", SHELL), after=_not_created, code=2),
-        Case("set-shell-command", seg("--set", 'seed_masks=[{"expression": "' + SHELL + '"}]'),
-             r"seed_masks\.0\.expression.*attribute 'ctypeslib'", after=_not_created, code=2),
-        Case("json-remove-a-file", seg("--config", "{d}/bad.json"), r"masks\.0\.expression.*attribute 'ctypeslib'",
-             setup=lambda d: (_json("bad.json", REMOVE)(d), (d / "keep.txt").write_text("keep")), after=_kept, code=2),
-        Case("toml-file-leak", seg("--config", "{d}/leak.toml"), r"masks\.0\.expression.*function np\.dtype",
-             setup=_toml("leak.toml", "masks", LEAK, {"secret.txt": "TOPSECRET"}), code=2),
-        Case("set-subclasses", seg("--set", 'masks=[{"expression": "' + SUBCLASSES + '"}]'),
-             r"masks\.0\.expression.*dunder attribute '__(subclasses|mro|class)__'", code=2),
+        Case(
+            "toml-shell-command",
+            seg("--config", "{d}/bad.toml"),
+            r"seed_masks\.0\.expression.*attribute 'ctypeslib'",
+            setup=_toml("bad.toml", "seed_masks", SHELL),
+            after=_not_created,
+            code=2,
+        ),
+        Case(
+            "set-shell-command",
+            seg("--set", 'seed_masks=[{"expression": "' + SHELL + '"}]'),
+            r"seed_masks\.0\.expression.*attribute 'ctypeslib'",
+            after=_not_created,
+            code=2,
+        ),
+        Case(
+            "json-remove-a-file",
+            seg("--config", "{d}/bad.json"),
+            r"masks\.0\.expression.*attribute 'ctypeslib'",
+            setup=lambda d: (_json("bad.json", REMOVE)(d), (d / "keep.txt").write_text("keep")),
+            after=_kept,
+            code=2,
+        ),
+        Case(
+            "toml-file-leak",
+            seg("--config", "{d}/leak.toml"),
+            r"masks\.0\.expression.*function np\.dtype",
+            setup=_toml("leak.toml", "masks", LEAK, {"secret.txt": "TOPSECRET"}),
+            code=2,
+        ),
+        Case(
+            "set-subclasses",
+            seg("--set", 'masks=[{"expression": "' + SUBCLASSES + '"}]'),
+            r"masks\.0\.expression.*dunder attribute '__(subclasses|mro|class)__'",
+            code=2,
+        ),
     ]
 
 
@@ -223,8 +268,24 @@ def test_segment_with_a_valid_expression_still_runs(inputs, tmp_path, capsys):
 
     model, image = inputs
     out = f"{tmp_path}/seg.h5:segmentation"
-    code, _, err = run_cli(["segment", "--model", model, "--image", image, "--out", out, "--no-progress",
-                            "--set", "checkpoint_interval=0", "--set", "options.min_segment_size=5",
-                            "--set", 'seed_masks=[{"expression": "np.abs(x - 10) > 100"}]'], capsys)
+    code, _, err = run_cli(
+        [
+            "segment",
+            "--model",
+            model,
+            "--image",
+            image,
+            "--out",
+            out,
+            "--no-progress",
+            "--set",
+            "checkpoint_interval=0",
+            "--set",
+            "options.min_segment_size=5",
+            "--set",
+            'seed_masks=[{"expression": "np.abs(x - 10) > 100"}]',
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert (tmp_path / "seg.h5").exists()

@@ -62,15 +62,25 @@ def test_simple_policies_on_hand_made_images():
     grid = list(make_seed_policy("PolicyGrid3d", PolicyCanvas(np.zeros((8, 8, 8)), margin=(0, 0, 0)), {"step": 4, "offsets": [0, 2]}))
     assert grid[:3] == [(0, 0, 0), (0, 0, 4), (0, 4, 0)] and grid[8] == (2, 2, 2) and len(grid) == 16
     # anchored elsewhere (blockwise: at the job's first voxel), the lattice shifts with it
-    moved = list(make_seed_policy("PolicyGrid3d", PolicyCanvas(np.zeros((8, 8, 8)), margin=(0, 0, 0)), {"step": 4, "offsets": [0], "origin": [1, -2, 7]}))
+    moved = list(
+        make_seed_policy(
+            "PolicyGrid3d", PolicyCanvas(np.zeros((8, 8, 8)), margin=(0, 0, 0)), {"step": 4, "offsets": [0], "origin": [1, -2, 7]}
+        )
+    )
     assert moved == [(z, y, x) for z in (1, 5) for y in (2, 6) for x in (3, 7)]
-    flat = list(make_seed_policy("PolicyGrid2d", PolicyCanvas(np.zeros((2, 8, 8)), margin=(0, 0, 0)), {"step": 4, "offsets": [0], "origin": [5, 1, 2]}))
+    flat = list(
+        make_seed_policy(
+            "PolicyGrid2d", PolicyCanvas(np.zeros((2, 8, 8)), margin=(0, 0, 0)), {"step": 4, "offsets": [0], "origin": [5, 1, 2]}
+        )
+    )
     assert flat == [(z, y, x) for z in (0, 1) for y in (1, 5) for x in (2, 6)]
     dense = list(make_seed_policy("PolicyDenseSeeds", canvas, {"threshold": 4}))
     assert dense == [(2, 2, 4), (3, 3, 3)]
     rev = list(make_seed_policy("ReverseCoords", canvas, {"policy_to_reverse": "PolicyDenseSeeds", "threshold": 4}))
     assert rev == [(3, 3, 3), (2, 2, 4)]
-    seq = make_seed_policy("SequentialPolicies", canvas, {"policies": [["PolicyDenseSeeds", {"threshold": 6}], ["PolicyDenseSeeds", {"threshold": 4}]]})
+    seq = make_seed_policy(
+        "SequentialPolicies", canvas, {"policies": [["PolicyDenseSeeds", {"threshold": 6}], ["PolicyDenseSeeds", {"threshold": 4}]]}
+    )
     assert list(seq) == [(3, 3, 3), (2, 2, 4), (3, 3, 3)]
     inv = make_seed_policy("PolicyInvertOrigins", canvas, {"origins": {1: (2, 2, 2), 3: (3, 3, 3), 2: (4, 4, 4)}})
     assert list(inv) == [(3, 3, 3), (4, 4, 4), (2, 2, 2)]
@@ -98,7 +108,9 @@ def test_invert_origins_reads_a_previous_run_only_through_the_loader_it_is_given
     policy = resolve_seed_policy("PolicyInvertOrigins", {"segmentation": "prev.npz"}, load_origins=load_origins)
     assert calls == ["prev.npz"] and "segmentation" not in policy.args
     assert list(policy(PolicyCanvas(np.zeros((6, 6, 6)), margin=(1, 1, 1)))) == [(3, 3, 3), (2, 2, 2)]
-    wrapped = resolve_seed_policy("ReverseCoords", {"policy_to_reverse": "PolicyInvertOrigins", "segmentation": "p"}, load_origins=load_origins)
+    wrapped = resolve_seed_policy(
+        "ReverseCoords", {"policy_to_reverse": "PolicyInvertOrigins", "segmentation": "p"}, load_origins=load_origins
+    )
     assert wrapped.args["policy_to_reverse"].args["origins"] == {1: (2, 2, 2), 2: (3, 3, 3)}
     with pytest.raises(ConfigError, match="read when the policy is resolved"):
         make_seed_policy("PolicyInvertOrigins", PolicyCanvas(np.zeros((6, 6, 6))), {"segmentation": "prev.npz"})

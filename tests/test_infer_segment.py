@@ -6,11 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from infer_helpers import SMALL, bright_image, bright_model
 from neuroflood.errors import CheckpointError, ConfigError, DataError
 from neuroflood.infer.config import InferenceRequest
 from neuroflood.infer.segment import segment_many, segment_subvolume
-
-from infer_helpers import SMALL, bright_image, bright_model
 
 
 def test_segment_many_shares_one_executor_and_matches_single_runs():

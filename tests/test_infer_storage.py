@@ -5,11 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from infer_helpers import SMALL, bright_image, bright_model
 from neuroflood.errors import VolumeError
 from neuroflood.infer.segment import segment_subvolume
 from neuroflood.infer.storage import check_output, read_output, write_segmentation
-
-from infer_helpers import SMALL, bright_image, bright_model
 
 
 @pytest.fixture(scope="module")

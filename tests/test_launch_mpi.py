@@ -55,35 +55,90 @@ def _nodefile(tmp_path: Path, *hosts: str) -> str:
             id="mpich-pmi-local-rank",
         ),
         pytest.param(  # Polaris: PALS_* (+ PMI_*), host from the node file, port from the PBS job number
-            {"PALS_RANKID": "5", "PALS_LOCAL_RANKID": "1", "PALS_NODEID": "1", "PMI_RANK": "5", "PMI_SIZE": "8",
-             "PMI_LOCAL_RANK": "1", "PMI_LOCAL_SIZE": "4", "PBS_NODEFILE": "{nodefile}", "PBS_JOBID": "123456.polaris-pbs-01"},
-            {"RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "4", "MASTER_ADDR": "x3006c0s13b0n0.hsn", "MASTER_PORT": "29956"},
+            {
+                "PALS_RANKID": "5",
+                "PALS_LOCAL_RANKID": "1",
+                "PALS_NODEID": "1",
+                "PMI_RANK": "5",
+                "PMI_SIZE": "8",
+                "PMI_LOCAL_RANK": "1",
+                "PMI_LOCAL_SIZE": "4",
+                "PBS_NODEFILE": "{nodefile}",
+                "PBS_JOBID": "123456.polaris-pbs-01",
+            },
+            {
+                "RANK": "5",
+                "WORLD_SIZE": "8",
+                "LOCAL_RANK": "1",
+                "LOCAL_WORLD_SIZE": "4",
+                "MASTER_ADDR": "x3006c0s13b0n0.hsn",
+                "MASTER_PORT": "29956",
+            },
             id="cray-pals",
         ),
         pytest.param(  # Open MPI, all ranks on this node: no host needed
-            {"OMPI_COMM_WORLD_RANK": "1", "OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_LOCAL_RANK": "1",
-             "OMPI_COMM_WORLD_LOCAL_SIZE": "2"},
-            {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"},
+            {
+                "OMPI_COMM_WORLD_RANK": "1",
+                "OMPI_COMM_WORLD_SIZE": "2",
+                "OMPI_COMM_WORLD_LOCAL_RANK": "1",
+                "OMPI_COMM_WORLD_LOCAL_SIZE": "2",
+            },
+            {
+                "RANK": "1",
+                "WORLD_SIZE": "2",
+                "LOCAL_RANK": "1",
+                "LOCAL_WORLD_SIZE": "2",
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": "29500",
+            },
             id="open-mpi-one-node",
         ),
         pytest.param(  # MVAPICH (mpirun_rsh), host from the node file
-            {"MV2_COMM_WORLD_RANK": "2", "MV2_COMM_WORLD_SIZE": "4", "MV2_COMM_WORLD_LOCAL_RANK": "0",
-             "MV2_COMM_WORLD_LOCAL_SIZE": "2", "PBS_NODEFILE": "{nodefile}"},
-            {"RANK": "2", "WORLD_SIZE": "4", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "x3006c0s13b0n0.hsn", "MASTER_PORT": "29500"},
+            {
+                "MV2_COMM_WORLD_RANK": "2",
+                "MV2_COMM_WORLD_SIZE": "4",
+                "MV2_COMM_WORLD_LOCAL_RANK": "0",
+                "MV2_COMM_WORLD_LOCAL_SIZE": "2",
+                "PBS_NODEFILE": "{nodefile}",
+            },
+            {
+                "RANK": "2",
+                "WORLD_SIZE": "4",
+                "LOCAL_RANK": "0",
+                "LOCAL_WORLD_SIZE": "2",
+                "MASTER_ADDR": "x3006c0s13b0n0.hsn",
+                "MASTER_PORT": "29500",
+            },
             id="mvapich",
         ),
         pytest.param(  # torchrun's variables come first: nothing is added
-            {"RANK": "0", "WORLD_SIZE": "2", "PMI_RANK": "1", "PMI_SIZE": "2", "MPI_LOCALRANKID": "1"}, {}, id="torchrun-first",
+            {"RANK": "0", "WORLD_SIZE": "2", "PMI_RANK": "1", "PMI_SIZE": "2", "MPI_LOCALRANKID": "1"},
+            {},
+            id="torchrun-first",
         ),
         pytest.param(  # srun --mpi=pmi2 also sets PMI_*: the same job, SLURM's rules as before
-            {"SLURM_PROCID": "1", "SLURM_NTASKS": "2", "SLURM_LOCALID": "1", "SLURM_JOB_NODELIST": "n[07-08]", "SLURM_JOB_ID": "42",
-             "PMI_RANK": "1", "PMI_SIZE": "2"},
+            {
+                "SLURM_PROCID": "1",
+                "SLURM_NTASKS": "2",
+                "SLURM_LOCALID": "1",
+                "SLURM_JOB_NODELIST": "n[07-08]",
+                "SLURM_JOB_ID": "42",
+                "PMI_RANK": "1",
+                "PMI_SIZE": "2",
+            },
             {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "MASTER_ADDR": "n07", "MASTER_PORT": "29542"},
             id="slurm-with-pmi",
         ),
         pytest.param(  # mpiexec inside an sbatch script: SLURM_* are the batch step's, the MPI ranks win
-            {"SLURM_PROCID": "0", "SLURM_NTASKS": "8", "SLURM_JOB_NODELIST": "n[07-08]", "PMI_RANK": "6", "PMI_SIZE": "8",
-             "MPI_LOCALRANKID": "2", "MASTER_ADDR": "n07"},
+            {
+                "SLURM_PROCID": "0",
+                "SLURM_NTASKS": "8",
+                "SLURM_JOB_NODELIST": "n[07-08]",
+                "PMI_RANK": "6",
+                "PMI_SIZE": "8",
+                "MPI_LOCALRANKID": "2",
+                "MASTER_ADDR": "n07",
+            },
             {"RANK": "6", "WORLD_SIZE": "8", "LOCAL_RANK": "2", "MASTER_ADDR": "n07", "MASTER_PORT": "29500"},
             id="mpiexec-inside-slurm",
         ),
@@ -108,27 +163,49 @@ def test_mpi_ranks_launcher_names():
 @pytest.mark.parametrize(
     "env, message",
     [
-        pytest.param({"PMI_RANK": "1", "PMI_SIZE": "2", "MPI_LOCALRANKID": "0", "MPI_LOCALNRANKS": "1"},
-                     r"MPICH started 2 ranks but rank 0's host is unknown .*set MASTER_ADDR", id="no-host"),
-        pytest.param({"OMPI_COMM_WORLD_RANK": "0", "OMPI_COMM_WORLD_SIZE": "4", "OMPI_COMM_WORLD_LOCAL_RANK": "0"},
-                     r"Open MPI started 4 ranks .*set MASTER_ADDR", id="no-host-open-mpi"),
+        pytest.param(
+            {"PMI_RANK": "1", "PMI_SIZE": "2", "MPI_LOCALRANKID": "0", "MPI_LOCALNRANKS": "1"},
+            r"MPICH started 2 ranks but rank 0's host is unknown .*set MASTER_ADDR",
+            id="no-host",
+        ),
+        pytest.param(
+            {"OMPI_COMM_WORLD_RANK": "0", "OMPI_COMM_WORLD_SIZE": "4", "OMPI_COMM_WORLD_LOCAL_RANK": "0"},
+            r"Open MPI started 4 ranks .*set MASTER_ADDR",
+            id="no-host-open-mpi",
+        ),
         pytest.param({"PMI_RANK": "one", "PMI_SIZE": "2"}, r"PMI_RANK='one' .*not a whole number", id="rank-not-int"),
         pytest.param({"PMI_RANK": "2", "PMI_SIZE": "2"}, r"PMI_RANK=2 is not a rank of PMI_SIZE=2", id="rank-out-of-range"),
-        pytest.param({"PALS_RANKID": "0", "PALS_LOCAL_RANKID": "0"}, r"PALS_RANKID is set \(Cray PALS\) but PMI_SIZE is not", id="pals-no-size"),
-        pytest.param({"PMI_RANK": "0", "PMI_SIZE": "2", "MASTER_ADDR": "h0"}, r"MPICH set no local rank .*set LOCAL_RANK", id="no-local-rank"),
-        pytest.param({"PMI_RANK": "1", "PMI_SIZE": "2", "MPI_LOCALRANKID": "0", "PBS_NODEFILE": "{missing}"},
-                     r"cannot read PBS_NODEFILE .*set MASTER_ADDR", id="nodefile-missing"),
-        pytest.param({"PMI_RANK": "1", "PMI_SIZE": "2", "MPI_LOCALRANKID": "0", "PBS_NODEFILE": "{empty}"},
-                     r"PBS_NODEFILE .* lists no host", id="nodefile-empty"),
+        pytest.param(
+            {"PALS_RANKID": "0", "PALS_LOCAL_RANKID": "0"}, r"PALS_RANKID is set \(Cray PALS\) but PMI_SIZE is not", id="pals-no-size"
+        ),
+        pytest.param(
+            {"PMI_RANK": "0", "PMI_SIZE": "2", "MASTER_ADDR": "h0"}, r"MPICH set no local rank .*set LOCAL_RANK", id="no-local-rank"
+        ),
+        pytest.param(
+            {"PMI_RANK": "1", "PMI_SIZE": "2", "MPI_LOCALRANKID": "0", "PBS_NODEFILE": "{missing}"},
+            r"cannot read PBS_NODEFILE .*set MASTER_ADDR",
+            id="nodefile-missing",
+        ),
+        pytest.param(
+            {"PMI_RANK": "1", "PMI_SIZE": "2", "MPI_LOCALRANKID": "0", "PBS_NODEFILE": "{empty}"},
+            r"PBS_NODEFILE .* lists no host",
+            id="nodefile-empty",
+        ),
         # Rank 0 must run on the node file's first host (it hosts the rendezvous); 192.0.2.1 is
         # a documentation address, never this machine's.
-        pytest.param({"PMI_RANK": "0", "PMI_SIZE": "2", "MPI_LOCALRANKID": "0", "PBS_NODEFILE": "{elsewhere}"},
-                     r"rank 0 runs on .*, not on 192\.0\.2\.1 \(the first host of PBS_NODEFILE\); set MASTER_ADDR", id="rank0-not-on-first-host"),
+        pytest.param(
+            {"PMI_RANK": "0", "PMI_SIZE": "2", "MPI_LOCALRANKID": "0", "PBS_NODEFILE": "{elsewhere}"},
+            r"rank 0 runs on .*, not on 192\.0\.2\.1 \(the first host of PBS_NODEFILE\); set MASTER_ADDR",
+            id="rank0-not-on-first-host",
+        ),
     ],
 )
 def test_launch_env_refused(env, message, tmp_path):
-    files = {"{missing}": str(tmp_path / "no-such-nodefile"), "{empty}": _nodefile(tmp_path, ""),
-             "{elsewhere}": str(tmp_path / "elsewhere")}
+    files = {
+        "{missing}": str(tmp_path / "no-such-nodefile"),
+        "{empty}": _nodefile(tmp_path, ""),
+        "{elsewhere}": str(tmp_path / "elsewhere"),
+    }
     (tmp_path / "elsewhere").write_text("192.0.2.1\n127.0.0.1\n")
     env = {k: files.get(v, v) for k, v in env.items()}
     with pytest.raises(ConfigError, match=message) as e:
@@ -186,8 +263,15 @@ def _clean_env(**extra: str) -> dict[str, str]:
     names = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
     env = {k: v for k, v in os.environ.items() if not k.startswith(launcher) and k not in names}
     # Should mpiexec be Open MPI's: it refuses root (CI containers) and more ranks than cores unless told.
-    return {**env, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "OMPI_ALLOW_RUN_AS_ROOT": "1",
-            "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1", "OMPI_MCA_rmaps_base_oversubscribe": "1", **extra}
+    return {
+        **env,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONUNBUFFERED": "1",
+        "OMPI_ALLOW_RUN_AS_ROOT": "1",
+        "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+        "OMPI_MCA_rmaps_base_oversubscribe": "1",
+        **extra,
+    }
 
 
 def _mpich_rank(rank: int, port: int) -> dict[str, str]:
@@ -195,8 +279,13 @@ def _mpich_rank(rank: int, port: int) -> dict[str, str]:
 
 
 def _ompi_rank(rank: int, port: int) -> dict[str, str]:
-    return _clean_env(OMPI_COMM_WORLD_RANK=str(rank), OMPI_COMM_WORLD_SIZE="2", OMPI_COMM_WORLD_LOCAL_RANK=str(rank),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    return _clean_env(
+        OMPI_COMM_WORLD_RANK=str(rank),
+        OMPI_COMM_WORLD_SIZE="2",
+        OMPI_COMM_WORLD_LOCAL_RANK=str(rank),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
 
 
 def _run_ranks(cmd: list[str], envs: list[dict[str, str]]) -> list[tuple[str, str]]:
@@ -228,9 +317,19 @@ def train_config(tmp_path_factory):
     write_volume(f"{d}/v.h5:labels", labels)
     write_coordinates(d / "train.bin", np.random.default_rng(0).integers(6, 18, (16, 3)), None, ["synth"])
     options = {
-        "images": {"synth": f"{d}/v.h5:image"}, "labels": {"synth": f"{d}/v.h5:labels"}, "coords": str(d / "train.bin"),
-        "tensorboard": False, "progress": False, "checkpoint_every_secs": None, "summary_every_secs": 1e9,
-        "optimizer": "adam", "learning_rate": 0.01, "batch_size": 2, "threads": 1, "max_steps": 4, "seed": 3,
+        "images": {"synth": f"{d}/v.h5:image"},
+        "labels": {"synth": f"{d}/v.h5:labels"},
+        "coords": str(d / "train.bin"),
+        "tensorboard": False,
+        "progress": False,
+        "checkpoint_every_secs": None,
+        "summary_every_secs": 1e9,
+        "optimizer": "adam",
+        "learning_rate": 0.01,
+        "batch_size": 2,
+        "threads": 1,
+        "max_steps": 4,
+        "seed": 3,
         "model": ModelConfig.parse_spec(TINY).model_dump(mode="json"),
     }
 
@@ -304,10 +403,35 @@ def segment_job(tmp_path_factory):
     save_model(model, d / "model")
 
     def cmd(out: str) -> list[str]:
-        return [sys.executable, "-m", "neuroflood", "segment", "--model", str(d / "model"), "--image", f"{d}/vol.h5:image",
-                "--out", out, "--block-size", "12,24,24", "--overlap", "4,4,4", "--threads", "1", "--device", "cpu",
-                "--no-progress", "--set", "options.min_segment_size=5", "--set", "options.move_threshold=0.5",
-                "--set", "seed_policy=PolicyGrid3d", "--set", "seed_policy_args.step=6"]
+        return [
+            sys.executable,
+            "-m",
+            "neuroflood",
+            "segment",
+            "--model",
+            str(d / "model"),
+            "--image",
+            f"{d}/vol.h5:image",
+            "--out",
+            out,
+            "--block-size",
+            "12,24,24",
+            "--overlap",
+            "4,4,4",
+            "--threads",
+            "1",
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--set",
+            "options.min_segment_size=5",
+            "--set",
+            "options.move_threshold=0.5",
+            "--set",
+            "seed_policy=PolicyGrid3d",
+            "--set",
+            "seed_policy_args.step=6",
+        ]
 
     ref = f"{d}/ref.zarr/seg"
     r = subprocess.run([*cmd(ref), "--nproc-per-node", "2"], env=_clean_env(), capture_output=True, text=True, timeout=TIMEOUT)
@@ -342,7 +466,8 @@ def test_segment_blockwise_real_mpiexec(segment_job, tmp_path):
     mpiexec = _mpiexec()
     cmd, reference = segment_job
     out = f"{tmp_path}/mpiexec.zarr/seg"
-    r = subprocess.run([mpiexec, "-n", "2", *cmd(out)], env=_clean_env(MASTER_PORT=str(free_port())),
-                       capture_output=True, text=True, timeout=TIMEOUT)
+    r = subprocess.run(
+        [mpiexec, "-n", "2", *cmd(out)], env=_clean_env(MASTER_PORT=str(free_port())), capture_output=True, text=True, timeout=TIMEOUT
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     _check_segment(out, reference)

@@ -14,6 +14,7 @@ from neuroflood.cli import main
 from neuroflood.prepare import compute_partitions, open_coordinates
 from neuroflood.volume import open_volume
 
+
 @pytest.fixture(autouse=True)
 def only_prepare_command(monkeypatch):
     """Build the CLI with the prepare command alone, so other stages' imports cannot interfere."""
@@ -70,11 +71,26 @@ def test_two_named_volumes_h5_partitions_and_mask(tmp_path, capsys):
     write_h5(tmp_path / "a.h5", labels=a)
     write_h5(tmp_path / "b.h5", labels=b, mask=np.zeros(b.shape, np.uint8))
     out = tmp_path / "out"
-    rc = main([
-        "prepare", "--labels", f"left={tmp_path}/a.h5:labels", "--labels", f"right={tmp_path}/b.h5:labels",
-        "--mask", f"right={tmp_path}/b.h5:mask", "--partition-format", "h5", "--block-shape", "8,8,8",
-        "--seed", "5", "--out", str(out), *ARGS,
-    ])
+    rc = main(
+        [
+            "prepare",
+            "--labels",
+            f"left={tmp_path}/a.h5:labels",
+            "--labels",
+            f"right={tmp_path}/b.h5:labels",
+            "--mask",
+            f"right={tmp_path}/b.h5:mask",
+            "--partition-format",
+            "h5",
+            "--block-shape",
+            "8,8,8",
+            "--seed",
+            "5",
+            "--out",
+            str(out),
+            *ARGS,
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     coords = open_coordinates(out / "coordinates.nfc")
     assert coords.volume_names == ["left", "right"]
@@ -105,8 +121,8 @@ def test_overwrite_and_refusal(tmp_path, capsys):
 
 
 def tfrecord(path, centers_xyz, name=b"vol"):
-    from neuroflood.protowire import masked_crc32c
     from neuroflood.prepare.tfrecord import coordinate_example
+    from neuroflood.protowire import masked_crc32c
 
     blob = b""
     for c in centers_xyz:

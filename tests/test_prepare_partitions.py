@@ -28,8 +28,11 @@ def slow_partitions(labels, radius, thresholds, min_size, margin=(0, 0, 0), mask
     for z in range(border[0], seg.shape[0] - border[0]):
         for y in range(border[1], seg.shape[1] - border[1]):
             for x in range(border[2], seg.shape[2] - border[2]):
-                box = (slice(z - radius[0], z + radius[0] + 1), slice(y - radius[1], y + radius[1] + 1),
-                       slice(x - radius[2], x + radius[2] + 1))
+                box = (
+                    slice(z - radius[0], z + radius[0] + 1),
+                    slice(y - radius[1], y + radius[1] + 1),
+                    slice(x - radius[2], x + radius[2] + 1),
+                )
                 if mask is not None and mask[box].any():
                     continue
                 if any((z - a) ** 2 + (y - b) ** 2 + (x - c) ** 2 <= r * r for a, b, c, r in spheres):
@@ -118,8 +121,7 @@ def test_fast_equals_slow_per_voxel(volume, thresholds, min_size, with_mask, blo
     thresholds = sorted(thresholds)
     expected = slow_partitions(labels, radius, thresholds, min_size, margin, mask, whitelist, spheres)
     extras = {"id_whitelist": whitelist, "exclusion_regions": spheres}
-    kept = [i for i, n in zip(*np.unique(labels, return_counts=True))
-            if i != 0 and n >= min_size and (whitelist is None or i in whitelist)]
+    kept = [i for i, n in zip(*np.unique(labels, return_counts=True)) if i != 0 and n >= min_size and (whitelist is None or i in whitelist)]
     if not kept:
         with pytest.raises(DataError):
             compute_partitions(labels, radius, thresholds, min_size, margin, mask, **extras)

@@ -41,9 +41,11 @@ def example(xyz, name: bytes, packed: bool = True, value_first: bool = False) ->
         int64_list = b"".join(bytes([0x08]) + varint(v) for v in xyz)
     center = field(3, int64_list)  # Feature.int64_list = 3
     label = field(1, field(1, name))  # Feature.bytes_list = 1
+
     def entry(key: bytes, value: bytes) -> bytes:
         parts = [field(2, value), field(1, key)] if value_first else [field(1, key), field(2, value)]
         return field(1, b"".join(parts))  # Features.feature map entry
+
     return field(1, entry(b"label_volume_name", label) + entry(b"center", center))
 
 

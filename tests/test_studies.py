@@ -31,8 +31,23 @@ def test_scaling_contract(tmp_path):
 
 def test_lr_scaling_grid(tmp_path):
     out = tmp_path / "lr"
-    args = ["study", "lr-scaling", "--out", str(out), "--workers", "1,2", "--lr-factors", "1,4", "--fovs", "48",
-            "--eval-examples", "4", "--jobs", "1", *SMALL]
+    args = [
+        "study",
+        "lr-scaling",
+        "--out",
+        str(out),
+        "--workers",
+        "1,2",
+        "--lr-factors",
+        "1,4",
+        "--fovs",
+        "48",
+        "--eval-examples",
+        "4",
+        "--jobs",
+        "1",
+        *SMALL,
+    ]
     assert main(args) == 0
     report = json.loads((out / "lr_scaling.json").read_text())
     runs = report["runs"]
@@ -49,8 +64,26 @@ def test_lr_scaling_grid(tmp_path):
 
 def test_batch_size_and_optimizer_studies(tmp_path):
     out = tmp_path / "bs"
-    assert main(["study", "batch-size", "--out", str(out), "--global-batches", "4,8", "--fovs", "64", "--evaluations", "2",
-                 "--eval-examples", "4", *SMALL]) == 0
+    assert (
+        main(
+            [
+                "study",
+                "batch-size",
+                "--out",
+                str(out),
+                "--global-batches",
+                "4,8",
+                "--fovs",
+                "64",
+                "--evaluations",
+                "2",
+                "--eval-examples",
+                "4",
+                *SMALL,
+            ]
+        )
+        == 0
+    )
     curves = json.loads((out / "batch_size.json").read_text())["curves"]
     assert [c["global_batch"] for c in curves] == [4, 8] and [c["workers"] for c in curves] == [1, 2]
     for c in curves:
@@ -60,8 +93,30 @@ def test_batch_size_and_optimizer_studies(tmp_path):
     assert (out / "batch_size.png").stat().st_size > 10_000
 
     out = tmp_path / "opt"
-    assert main(["study", "optimizers", "--out", str(out), "--optimizers", "sgd,rmsprop", "--fovs", "32", "--evaluations", "2",
-                 "--eval-examples", "4", "--target-accuracy", "0.01", "--learning-rates", "sgd=0.1", *SMALL]) == 0
+    assert (
+        main(
+            [
+                "study",
+                "optimizers",
+                "--out",
+                str(out),
+                "--optimizers",
+                "sgd,rmsprop",
+                "--fovs",
+                "32",
+                "--evaluations",
+                "2",
+                "--eval-examples",
+                "4",
+                "--target-accuracy",
+                "0.01",
+                "--learning-rates",
+                "sgd=0.1",
+                *SMALL,
+            ]
+        )
+        == 0
+    )
     rows = json.loads((out / "optimizers.json").read_text())["runs"]
     assert [(r["optimizer"], r["warmup"]) for r in rows] == [("sgd", False), ("sgd", True), ("rmsprop", False), ("rmsprop", True)]
     assert rows[0]["learning_rate"] == 0.1 and rows[2]["learning_rate"] == 1e-3

@@ -79,9 +79,29 @@ def test_signal_ends_the_study_and_its_workers(data, tmp_path, jobs, sig, code):
     out = tmp_path / "study"
     shutil.copytree(data, out / "data")
     cmd = [
-        sys.executable, "-m", "neuroflood", "study", "lr-scaling", "--out", str(out), "--workers", "1,2",
-        "--lr-factors", "1,2", "--fovs", "1000000", "--eval-examples", "4", "--jobs", str(jobs),
-        "--model", TINY, "--data-size", str(SIZE), "--threads", "1",
+        sys.executable,
+        "-m",
+        "neuroflood",
+        "study",
+        "lr-scaling",
+        "--out",
+        str(out),
+        "--workers",
+        "1,2",
+        "--lr-factors",
+        "1,2",
+        "--fovs",
+        "1000000",
+        "--eval-examples",
+        "4",
+        "--jobs",
+        str(jobs),
+        "--model",
+        TINY,
+        "--data-size",
+        str(SIZE),
+        "--threads",
+        "1",
     ]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

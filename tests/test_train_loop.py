@@ -93,12 +93,26 @@ def test_cli_contract_config_file_and_overrides(data, tmp_path, capsys):
     toml = tmp_path / "train.toml"
     toml.write_text(
         f'coords = "{data}/train.bin"\neval_coords = "{data}/eval.bin"\neval_examples = 3\nbatch_size = 3\n'
-        f'max_steps = 100\nsummary_every_steps = 4\neval_every_steps = 6\n[model]\ndepth = 2\nfeatures = 4\n'
+        f"max_steps = 100\nsummary_every_steps = 4\neval_every_steps = 6\n[model]\ndepth = 2\nfeatures = 4\n"
         f"fov_size = [9, 9, 9]\ndeltas = [2, 2, 2]\n"
     )
     run = tmp_path / "run"
-    argv = ["train", "--config", str(toml), "--image", f"{data}/v.h5:image", "--labels", f"{data}/v.h5:labels",
-            "--run-dir", str(run), "--max-steps", "12", "--no-progress", "--optimizer", "adam"]
+    argv = [
+        "train",
+        "--config",
+        str(toml),
+        "--image",
+        f"{data}/v.h5:image",
+        "--labels",
+        f"{data}/v.h5:labels",
+        "--run-dir",
+        str(run),
+        "--max-steps",
+        "12",
+        "--no-progress",
+        "--optimizer",
+        "adam",
+    ]
     assert main(argv) == 0
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["max_steps"] == 12 and cfg["batch_size"] == 3 and cfg["optimizer"] == "adam"  # CLI beats file
@@ -124,7 +138,16 @@ def test_cli_names_volumes(data, tmp_path, capsys):
     base = ["train", "--coords", str(tmp_path / "two.bin"), "--model", TINY, "--max-steps", "2", "--no-progress", "--no-tensorboard"]
     assert main(base + ["--image", f"{data}/v.h5:image", "--labels", f"{data}/v.h5:labels", "--run-dir", str(tmp_path / "r1")]) == 2
     assert "name each volume" in capsys.readouterr().err
-    named = ["--image", f"a={data}/v.h5:image", "--labels", f"a={data}/v.h5:labels", "--image", f"b={data}/v.h5:image", "--labels", f"b={data}/v.h5:labels"]
+    named = [
+        "--image",
+        f"a={data}/v.h5:image",
+        "--labels",
+        f"a={data}/v.h5:labels",
+        "--image",
+        f"b={data}/v.h5:image",
+        "--labels",
+        f"b={data}/v.h5:labels",
+    ]
     assert main(base + named + ["--run-dir", str(tmp_path / "r2")]) == 0
     assert main(base + named[:4] + ["--run-dir", str(tmp_path / "r3")]) == 2
     assert "volume 'b'" in capsys.readouterr().err
@@ -178,9 +201,30 @@ def test_init_from_checkpoint(data, tmp_path, fib25_ckpt):
 
 def test_sigterm_writes_a_checkpoint_and_exits_cleanly(data, tmp_path):
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "neuroflood", "train", "--image", f"{data}/v.h5:image", "--labels", f"{data}/v.h5:labels",
-           "--coords", str(data / "train.bin"), "--run-dir", str(run), "--model", TINY, "--max-steps", "100000",
-           "--summary-every-steps", "5", "--no-tensorboard", "--no-progress", "--threads", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "neuroflood",
+        "train",
+        "--image",
+        f"{data}/v.h5:image",
+        "--labels",
+        f"{data}/v.h5:labels",
+        "--coords",
+        str(data / "train.bin"),
+        "--run-dir",
+        str(run),
+        "--model",
+        TINY,
+        "--max-steps",
+        "100000",
+        "--summary-every-steps",
+        "5",
+        "--no-tensorboard",
+        "--no-progress",
+        "--threads",
+        "1",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
     while time.time() < deadline and not ((run / "metrics.jsonl").exists() and (run / "metrics.jsonl").stat().st_size):
@@ -215,7 +259,13 @@ def test_emulated_workers_average_their_gradients(data, tmp_path):
 
 def test_optimizers_and_schedule():
     params = [torch.nn.Parameter(torch.zeros(3))]
-    names = {"sgd": torch.optim.SGD, "momentum": torch.optim.SGD, "adam": torch.optim.Adam, "adagrad": torch.optim.Adagrad, "rmsprop": TFRMSprop}
+    names = {
+        "sgd": torch.optim.SGD,
+        "momentum": torch.optim.SGD,
+        "adam": torch.optim.Adam,
+        "adagrad": torch.optim.Adagrad,
+        "rmsprop": TFRMSprop,
+    }
     for name, cls in names.items():
         assert isinstance(build_optimizer(params, TrainConfig(optimizer=name)), cls)
     # TF RMSProp: ms starts at 1, eps inside the root, momentum 0.9 (google/ffn defaults).

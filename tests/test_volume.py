@@ -45,7 +45,9 @@ def test_uint64_labels_round_trip_in_zarr_and_precomputed(tmp_path):
 def test_zarr_v3_arrays_are_read(tmp_path, data):
     import zarr
 
-    arr = zarr.create_array(store=str(tmp_path / "v3.zarr"), name="img", shape=data.shape, dtype=data.dtype, chunks=(3, 3, 3), zarr_format=3)
+    arr = zarr.create_array(
+        store=str(tmp_path / "v3.zarr"), name="img", shape=data.shape, dtype=data.dtype, chunks=(3, 3, 3), zarr_format=3
+    )
     arr[...] = data
     np.testing.assert_array_equal(open_volume(f"{tmp_path}/v3.zarr/img")[...], data)
 

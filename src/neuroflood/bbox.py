@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 from .errors import DataError
 
@@ -24,24 +24,22 @@ class BoundingBox:
             raise DataError(f"bounding box size {self.size} is negative; give stop >= start")
 
     @classmethod
-    def from_start_stop(cls, start: Sequence[int], stop: Sequence[int]) -> "BoundingBox":
+    def from_start_stop(cls, start: Sequence[int], stop: Sequence[int]) -> BoundingBox:
         return cls(tuple(start), tuple(b - a for a, b in zip(start, stop)))
 
     @classmethod
-    def from_shape(cls, shape: Sequence[int]) -> "BoundingBox":
+    def from_shape(cls, shape: Sequence[int]) -> BoundingBox:
         return cls((0,) * len(shape), tuple(shape))
 
     @classmethod
-    def parse(cls, text: str) -> "BoundingBox":
+    def parse(cls, text: str) -> BoundingBox:
         """Parse ``"z0,y0,x0:z1,y1,x1"`` (start inclusive, stop exclusive)."""
         try:
             a, b = text.split(":")
             start = [int(v) for v in a.split(",")]
             stop = [int(v) for v in b.split(",")]
         except ValueError:
-            raise DataError(
-                f"cannot parse bounding box {text!r}; write it as z0,y0,x0:z1,y1,x1"
-            ) from None
+            raise DataError(f"cannot parse bounding box {text!r}; write it as z0,y0,x0:z1,y1,x1") from None
         if len(start) != 3 or len(stop) != 3:
             raise DataError(f"bounding box {text!r} needs 3 values on each side of ':' (z,y,x)")
         if any(b <= a for a, b in zip(start, stop)):
@@ -69,7 +67,7 @@ class BoundingBox:
     def to_slices(self) -> tuple[slice, ...]:
         return tuple(slice(a, b) for a, b in zip(self.start, self.stop))
 
-    def intersection(self, other: "BoundingBox") -> "BoundingBox | None":
+    def intersection(self, other: BoundingBox) -> BoundingBox | None:
         """The overlap of two boxes, or None when they do not overlap."""
         start = [max(a, b) for a, b in zip(self.start, other.start)]
         stop = [min(a, b) for a, b in zip(self.stop, other.stop)]
@@ -77,22 +75,18 @@ class BoundingBox:
             return None
         return BoundingBox.from_start_stop(start, stop)
 
-    def clip(self, shape: Sequence[int]) -> "BoundingBox | None":
+    def clip(self, shape: Sequence[int]) -> BoundingBox | None:
         """This box clipped to a volume of ``shape``; None if nothing remains."""
         return self.intersection(BoundingBox.from_shape(shape))
 
-    def contains(self, other: "BoundingBox") -> bool:
-        return all(a <= b for a, b in zip(self.start, other.start)) and all(
-            a >= b for a, b in zip(self.stop, other.stop)
-        )
+    def contains(self, other: BoundingBox) -> bool:
+        return all(a <= b for a, b in zip(self.start, other.start)) and all(a >= b for a, b in zip(self.stop, other.stop))
 
-    def grow(self, margin: Sequence[int] | int) -> "BoundingBox":
+    def grow(self, margin: Sequence[int] | int) -> BoundingBox:
         m = (margin,) * self.ndim if isinstance(margin, int) else tuple(margin)
-        return BoundingBox(
-            tuple(a - d for a, d in zip(self.start, m)), tuple(s + 2 * d for s, d in zip(self.size, m))
-        )
+        return BoundingBox(tuple(a - d for a, d in zip(self.start, m)), tuple(s + 2 * d for s, d in zip(self.size, m)))
 
-    def relative_to(self, origin: Sequence[int]) -> "BoundingBox":
+    def relative_to(self, origin: Sequence[int]) -> BoundingBox:
         return BoundingBox(tuple(a - o for a, o in zip(self.start, origin)), self.size)
 
     def __str__(self) -> str:

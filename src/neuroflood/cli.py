@@ -16,8 +16,8 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Iterator, Sequence
 
 from . import __version__
 from .errors import NeurofloodError
@@ -48,8 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="neuroflood",
         description=(
-            "Flood-filling networks for neuron reconstruction in volume EM.\n"
-            "Axis order is z,y,x everywhere; thresholds are probabilities."
+            "Flood-filling networks for neuron reconstruction in volume EM.\nAxis order is z,y,x everywhere; thresholds are probabilities."
         ),
         formatter_class=_Formatter,
     )

@@ -39,9 +39,7 @@ def _synth(args: argparse.Namespace) -> int:
         raise ConfigError(f"--out {args.out!r} must be an HDF5 file name ending in .h5")
     shape = parse_ints(args.shape, 3, "--shape")
     overrides = {
-        k: v
-        for k, v in (("density", args.density), ("noise", args.noise), ("membrane_contrast", args.membrane_contrast))
-        if v is not None
+        k: v for k, v in (("density", args.density), ("noise", args.noise), ("membrane_contrast", args.membrane_contrast)) if v is not None
     }
     with exclusive(args.out, f"--out {args.out}"):
         check_synth_output(args.out, args.overwrite)

@@ -15,7 +15,8 @@ import re
 import tomllib
 import types
 import typing
-from typing import Any, Sequence, TypeVar
+from collections.abc import Sequence
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
@@ -217,8 +218,7 @@ def check_features(depth: int, features: int | Sequence[int]) -> None:
     for i in range(1, depth):
         if feats[2 * i + 1] != feats[2 * i - 1]:
             raise ConfigValueError(
-                f"features for conv{i}_b ({feats[2 * i + 1]}) must equal its module input "
-                f"({feats[2 * i - 1]}) for the residual sum"
+                f"features for conv{i}_b ({feats[2 * i + 1]}) must equal its module input ({feats[2 * i - 1]}) for the residual sum"
             )
 
 
@@ -226,7 +226,6 @@ def features_per_layer(depth: int, features: int | Sequence[int]) -> list[int]:
     """Channels of each 3x3x3 conv (conv0_a, conv0_b, conv1_a, ...); see :func:`check_features`."""
     check_features(depth, features)
     return [features] * (2 * depth) if isinstance(features, int) else [int(f) for f in features]
-
 
 
 class ModelConfig(Config):
@@ -308,7 +307,7 @@ class ModelConfig(Config):
         return v
 
     @classmethod
-    def parse_spec(cls, text: str, base: "ModelConfig | None" = None) -> "ModelConfig":
+    def parse_spec(cls, text: str, base: ModelConfig | None = None) -> ModelConfig:
         """Parse ``depth=4,features=16,fov=17,17,17,deltas=4,4,4`` (unlisted keys from ``base``).
 
         ``fov`` is short for ``fov_size``; values with commas continue until the next ``key=``.

@@ -22,10 +22,10 @@ import shlex
 import shutil
 import sys
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 from .errors import ConfigError
 
@@ -57,13 +57,29 @@ SIZES = {
     # inside it, as CREMI pads its test volumes: PolicyPeaks seeds no cell whose widest part
     # lies outside the image, so without context the cells cut by the faces stay unsegmented.
     "full": DemoSize(
-        (96, 128, 128), (64, 96, 96), "depth=4,features=16,fov=11,11,11,deltas=3,3,3", 390.0, 100000, 4, 300,
-        ("--density", "2", "--noise", "5"), lr_decay=(0.5, 3000), warmup_steps=1000, test_context=8,
+        (96, 128, 128),
+        (64, 96, 96),
+        "depth=4,features=16,fov=11,11,11,deltas=3,3,3",
+        390.0,
+        100000,
+        4,
+        300,
+        ("--density", "2", "--noise", "5"),
+        lr_decay=(0.5, 3000),
+        warmup_steps=1000,
+        test_context=8,
     ),
     # Steps, not seconds, bound the tiny run, so that its result does not depend on the load.
     "tiny": DemoSize(
-        (48, 64, 64), (40, 64, 64), "depth=3,features=16,fov=11,11,11,deltas=3,3,3", 600.0, 2000, 4, 100,
-        ("--density", "2", "--noise", "5"), test_context=4,
+        (48, 64, 64),
+        (40, 64, 64),
+        "depth=3,features=16,fov=11,11,11,deltas=3,3,3",
+        600.0,
+        2000,
+        4,
+        100,
+        ("--density", "2", "--noise", "5"),
+        test_context=4,
     ),
 }
 
@@ -114,7 +130,14 @@ def demo_directory(out: str | os.PathLike, overwrite: bool = False) -> Iterator[
             raise
 
 
-def run_demo(out: str | os.PathLike, size: str = "full", seed: int = 0, workers: int = 2, log: Callable[[str], None] | None = None, overwrite: bool = False) -> dict:
+def run_demo(
+    out: str | os.PathLike,
+    size: str = "full",
+    seed: int = 0,
+    workers: int = 2,
+    log: Callable[[str], None] | None = None,
+    overwrite: bool = False,
+) -> dict:
     """Run the synthetic demo into ``out``; return the metrics (with ``seconds`` per stage)."""
     if size not in SIZES:
         raise ConfigError(f"unknown demo size {size!r}; use one of {', '.join(SIZES)}")
@@ -135,29 +158,71 @@ def _run_demo(out: Path, s: DemoSize, size: str, seed: int, workers: int, log: C
     margin = ",".join(str(f // 2 + d) for f, d in zip(model.fov_size, model.deltas))
     seconds: dict[str, float] = {}
     t_start = time.time()
-    seconds["synth"] = _run("synth", ["synth", "--shape", ",".join(map(str, s.train_shape)), "--seed", str(seed), "--out", str(train_h5), *s.synth_args], log)
+    seconds["synth"] = _run(
+        "synth", ["synth", "--shape", ",".join(map(str, s.train_shape)), "--seed", str(seed), "--out", str(train_h5), *s.synth_args], log
+    )
     c = s.test_context
     test_with_context = [n + 2 * c for n in s.test_shape]
     evaluated = f"{c},{c},{c}:" + ",".join(str(c + n) for n in s.test_shape)
-    seconds["synth"] += _run("synth", ["synth", "--shape", ",".join(map(str, test_with_context)), "--seed", str(seed + 1000), "--out", str(test_h5), *s.synth_args], log)
+    seconds["synth"] += _run(
+        "synth",
+        ["synth", "--shape", ",".join(map(str, test_with_context)), "--seed", str(seed + 1000), "--out", str(test_h5), *s.synth_args],
+        log,
+    )
     seconds["prepare"] = _run(
         "prepare",
         [
-            "prepare", "--labels", f"train={train_h5}:labels", "--image", f"train={train_h5}:image",
-            "--out", str(prep), "--lom-radius", margin, "--margin", margin, "--min-size", "100",
-            "--seed", str(seed), "--allow-missing-classes",
+            "prepare",
+            "--labels",
+            f"train={train_h5}:labels",
+            "--image",
+            f"train={train_h5}:image",
+            "--out",
+            str(prep),
+            "--lom-radius",
+            margin,
+            "--margin",
+            margin,
+            "--min-size",
+            "100",
+            "--seed",
+            str(seed),
+            "--allow-missing-classes",
         ],
         log,
     )
     seconds["train"] = _run(
         "train",
         [
-            "train", "--nproc-per-node", str(workers),
-            "--image", f"train={train_h5}:image", "--labels", f"train={train_h5}:labels",
-            "--coords", str(prep / "coordinates.nfc"), "--run-dir", str(run), "--model", s.model,
-            "--optimizer", "adam", "--learning-rate", "0.001", "--batch-size", str(s.batch_size),
-            "--max-steps", str(s.max_steps), "--max-train-seconds", str(s.train_seconds),
-            "--seed", str(seed), "--summary-every-secs", "15", "--checkpoint-every-secs", "120",
+            "train",
+            "--nproc-per-node",
+            str(workers),
+            "--image",
+            f"train={train_h5}:image",
+            "--labels",
+            f"train={train_h5}:labels",
+            "--coords",
+            str(prep / "coordinates.nfc"),
+            "--run-dir",
+            str(run),
+            "--model",
+            s.model,
+            "--optimizer",
+            "adam",
+            "--learning-rate",
+            "0.001",
+            "--batch-size",
+            str(s.batch_size),
+            "--max-steps",
+            str(s.max_steps),
+            "--max-train-seconds",
+            str(s.train_seconds),
+            "--seed",
+            str(seed),
+            "--summary-every-secs",
+            "15",
+            "--checkpoint-every-secs",
+            "120",
             *(["--lr-decay-factor", str(s.lr_decay[0]), "--decay-steps", str(s.lr_decay[1])] if s.lr_decay else []),
             *(["--warmup-steps", str(s.warmup_steps)] if s.warmup_steps else []),
         ],
@@ -172,9 +237,17 @@ def _run_demo(out: Path, s: DemoSize, size: str, seed: int, workers: int, log: C
     seconds["segment"] = _run(
         "segment",
         [
-            "segment", "--model", str(latest / "model"), "--image", f"{test_h5}:image",
-            "--out", seg, "--summary", str(seg_dir / "summary.json"),
-            "--set", f"options.min_segment_size={s.min_segment_size}",
+            "segment",
+            "--model",
+            str(latest / "model"),
+            "--image",
+            f"{test_h5}:image",
+            "--out",
+            seg,
+            "--summary",
+            str(seg_dir / "summary.json"),
+            "--set",
+            f"options.min_segment_size={s.min_segment_size}",
         ],
         log,
     )
@@ -189,7 +262,13 @@ def _run_demo(out: Path, s: DemoSize, size: str, seed: int, workers: int, log: C
     return metrics
 
 
-def run_fib25_demo(out: str | os.PathLike, shared: str | os.PathLike, bbox: str = "0,0,0:100,100,100", log: Callable[[str], None] | None = None, overwrite: bool = False) -> dict:
+def run_fib25_demo(
+    out: str | os.PathLike,
+    shared: str | os.PathLike,
+    bbox: str = "0,0,0:100,100,100",
+    log: Callable[[str], None] | None = None,
+    overwrite: bool = False,
+) -> dict:
     """Segment a FIB-25 crop with the published model and evaluate it against ground truth."""
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
     shared = Path(shared)
@@ -208,7 +287,19 @@ def _run_fib25_demo(out: Path, h5: Path, ckpt: Path, bbox: str, log: Callable[[s
     (out / "segment").mkdir()
     seconds["segment"] = _run(
         "segment",
-        ["segment", "--model", str(ckpt), "--image", f"{h5}:image", "--bbox", bbox, "--out", seg, "--summary", str(out / "segment" / "summary.json")],
+        [
+            "segment",
+            "--model",
+            str(ckpt),
+            "--image",
+            f"{h5}:image",
+            "--bbox",
+            bbox,
+            "--out",
+            seg,
+            "--summary",
+            str(out / "segment" / "summary.json"),
+        ],
         log,
     )
     seconds["evaluate"] = _run(

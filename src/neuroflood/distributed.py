@@ -28,9 +28,9 @@ import signal
 import socket
 import sys
 import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Mapping, Sequence
 
 import torch
 import torch.distributed as dist
@@ -129,7 +129,9 @@ def mpi_ranks(env: Mapping[str, str]) -> MpiRanks | None:
         local_var = next((v for v in (*local_vars, "LOCAL_RANK") if v in env), None)
         local_size_var = next((v for v in local_size_vars if v in env), None)
         return MpiRanks(
-            launcher, rank, size,
+            launcher,
+            rank,
+            size,
             _int_var(env, local_var, launcher) if local_var else None,
             _int_var(env, local_size_var, launcher) if local_size_var else None,
         )
@@ -181,8 +183,7 @@ def _mpi_env(env: Mapping[str, str], ranks: MpiRanks) -> dict[str, str]:
         # placement), the other ranks would wait out the timeout; say so now instead.
         if host and ranks.rank == 0 and not _is_this_host(host):
             raise ConfigError(
-                f"rank 0 runs on {socket.gethostname()}, not on {host} (the first host of PBS_NODEFILE); "
-                "set MASTER_ADDR to rank 0's host"
+                f"rank 0 runs on {socket.gethostname()}, not on {host} (the first host of PBS_NODEFILE); set MASTER_ADDR to rank 0's host"
             )
     if not host and ranks.local_size == ranks.world_size:
         host = "127.0.0.1"  # every rank is on this node
@@ -320,13 +321,20 @@ def local_rank_env(rank: int, world: int, port: int, threads: int = 1) -> dict[s
     :func:`init_distributed` (``env://`` rendezvous at 127.0.0.1:``port``), with
     ``threads`` OpenMP threads. For starting ranks by hand, e.g. in tests and benchmarks."""
     return {
-        **os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
-        "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+        **os.environ,
+        "RANK": str(rank),
+        "LOCAL_RANK": str(rank),
+        "WORLD_SIZE": str(world),
+        "LOCAL_WORLD_SIZE": str(world),
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
         "OMP_NUM_THREADS": str(threads),
     }
 
 
-NPROC_IN_JOB = "--nproc-per-node starts the workers itself; inside torchrun, a multi-task srun or a multi-rank mpiexec, drop --nproc-per-node"
+NPROC_IN_JOB = (
+    "--nproc-per-node starts the workers itself; inside torchrun, a multi-task srun or a multi-rank mpiexec, drop --nproc-per-node"
+)
 
 
 def launch_local(

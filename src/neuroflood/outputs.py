@@ -19,9 +19,9 @@ import fcntl
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from .errors import ConfigError
 
@@ -71,8 +71,7 @@ def exclusive(output: str | os.PathLike, what: str) -> Iterator[None]:
             os.close(fd)
             if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise ConfigError(
-                    f"another neuroflood run is writing {what} (lock {lock} is held); "
-                    "wait for it to finish or choose another output"
+                    f"another neuroflood run is writing {what} (lock {lock} is held); wait for it to finish or choose another output"
                 ) from None
             raise
         # The holder before us may have removed the file between our open and our lock:
@@ -110,9 +109,7 @@ def made_by(directory: str | os.PathLike) -> str | None:
         return None
 
 
-def check_replaceable(
-    out: str | os.PathLike, command: str, overwrite: bool, inputs: tuple[str | os.PathLike, ...] = ()
-) -> bool:
+def check_replaceable(out: str | os.PathLike, command: str, overwrite: bool, inputs: tuple[str | os.PathLike, ...] = ()) -> bool:
     """Whether ``out`` exists; raise ConfigError unless this command may replace it.
 
     ``out`` may be replaced only with ``overwrite``, only if it is a directory that an earlier
@@ -130,9 +127,7 @@ def check_replaceable(
         if inp == real or inp.startswith(real.rstrip(os.sep) + os.sep) or real.startswith(inp.rstrip(os.sep) + os.sep):
             raise ConfigError(f"{out} holds an input of this run ({spec}); --overwrite never replaces an input, choose another output")
     if path.is_symlink() or not path.is_dir() or made_by(path) != command:
-        raise ConfigError(
-            f"{out} was not written by {flag}, so --overwrite will not replace it; choose another output"
-        )
+        raise ConfigError(f"{out} was not written by {flag}, so --overwrite will not replace it; choose another output")
     return True
 
 

@@ -5,7 +5,7 @@ Used by the TF checkpoint importer (tensor bundles) and the TFRecord coordinate 
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import google_crc32c
 

@@ -15,8 +15,8 @@ A volume is made in four steps, all driven by one seeded generator:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Sequence
 
 import numpy as np
 from scipy import ndimage

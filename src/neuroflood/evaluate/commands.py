@@ -29,8 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--bbox",
         metavar="Z0,Y0,X0:Z1,Y1,X1",
-        help="evaluate this region of GT (and IMG); SEG is cropped too if it has GT's shape, "
-        "else it must have the region's size",
+        help="evaluate this region of GT (and IMG); SEG is cropped too if it has GT's shape, else it must have the region's size",
     )
     p.add_argument("--at", metavar="Z,Y,X", help="centre of the ortho-slices, in the region (default: its centre)")
     p.add_argument("--errors", type=int, default=10, help="how many of the largest merges and splits to list")

@@ -14,7 +14,8 @@ a differently coloured piece inside an object. Thin black lines mark label bound
 from __future__ import annotations
 
 import io
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -180,9 +181,7 @@ def error_gallery_figure(
     items += [("split", e) for e in errors.get("splits", [])[:per_kind] if "coordinate_zyx" in e]
     if not items:
         return None
-    columns = ["image", "ground truth", "segmentation", "error map"] if image is not None else [
-        "ground truth", "segmentation", "error map"
-    ]
+    columns = ["image", "ground truth", "segmentation", "error map"] if image is not None else ["ground truth", "segmentation", "error map"]
     fig = Figure(figsize=(3.2 * len(columns), 3.5 * len(items)), layout="constrained")
     axes = fig.subplots(len(items), len(columns), squeeze=False)
     shape = gt.shape

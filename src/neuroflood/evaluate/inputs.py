@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -55,9 +56,7 @@ class EvaluationInputs:
         return tuple(self.gt.shape)
 
 
-def open_evaluation_inputs(
-    seg_spec: str, gt_spec: str, image_spec: str | None = None, bbox: BoundingBox | None = None
-) -> EvaluationInputs:
+def open_evaluation_inputs(seg_spec: str, gt_spec: str, image_spec: str | None = None, bbox: BoundingBox | None = None) -> EvaluationInputs:
     """Open SEG, GT and IMG lazily; with ``bbox``, evaluate that region only.
 
     Ground truth and image are cropped to ``bbox``. The segmentation is cropped too when it

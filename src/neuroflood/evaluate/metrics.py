@@ -25,8 +25,9 @@ Conventions (docs/evaluation.md explains them with examples):
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import fastremap
 import numpy as np
@@ -104,10 +105,7 @@ def check_label_volumes(seg: Any, gt: Any, image: Any = None) -> None:
     for name, vol in (("segmentation", seg), ("ground truth", gt)):
         dtype = np.dtype(vol.dtype)
         if dtype.kind not in "iu":
-            raise DataError(
-                f"{name} {_name(vol)} has dtype {dtype}, not integer labels; "
-                "give a label volume (e.g. uint32/uint64 ids)"
-            )
+            raise DataError(f"{name} {_name(vol)} has dtype {dtype}, not integer labels; give a label volume (e.g. uint32/uint64 ids)")
         if len(vol.shape) != 3:
             raise DataError(f"{name} {_name(vol)} has shape {tuple(vol.shape)}; give a 3-D (z,y,x) label volume")
     if tuple(seg.shape) != tuple(gt.shape):
@@ -117,8 +115,7 @@ def check_label_volumes(seg: Any, gt: Any, image: Any = None) -> None:
         )
     if image is not None and tuple(image.shape[:3]) != tuple(gt.shape):
         raise DataError(
-            f"image shape {tuple(image.shape)} differs from ground truth shape {tuple(gt.shape)}; "
-            "give the image of the evaluated region"
+            f"image shape {tuple(image.shape)} differs from ground truth shape {tuple(gt.shape)}; give the image of the evaluated region"
         )
 
 
@@ -152,8 +149,7 @@ def contingency_table(seg: Any, gt: Any, progress: bool = False) -> Contingency:
             parts.append(_pair_counts(g[labelled], s[labelled]))
     if not parts:
         raise DataError(
-            f"ground truth {_name(gt)} has no labelled voxel (all 0); "
-            "give ground truth with object ids > 0 (0 means unlabelled)"
+            f"ground truth {_name(gt)} has no labelled voxel (all 0); give ground truth with object ids > 0 (0 means unlabelled)"
         )
     g, s, c = (np.concatenate(p) for p in zip(*parts))
     g, s, c = _merge_pairs(g, s, c)

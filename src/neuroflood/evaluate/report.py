@@ -13,10 +13,11 @@ import datetime as _dt
 import html
 import json
 import os
+from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -25,7 +26,12 @@ from ..atomic import atomic_file
 from ..errors import ConfigError
 
 __all__ = [
-    "Report", "write_evaluation_report", "METRIC_DESCRIPTIONS", "write_atomically", "check_output_dir", "check_output_file",
+    "Report",
+    "write_evaluation_report",
+    "METRIC_DESCRIPTIONS",
+    "write_atomically",
+    "check_output_dir",
+    "check_output_file",
     "check_writable_location",
 ]
 
@@ -111,7 +117,7 @@ class Report:
                     f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,{data}">'
                     f"<figcaption>{html.escape(caption)}</figcaption></figure>"
                 )
-        parts.append(f'<footer>neuroflood {__version__} · {_now()}</footer></body></html>')
+        parts.append(f"<footer>neuroflood {__version__} · {_now()}</footer></body></html>")
         return "\n".join(parts)
 
     def to_markdown(self) -> str:
@@ -280,7 +286,12 @@ def write_evaluation_report(
         report.table(["metric", "value"], [[k, v] for k, v in erl.items()])
     report.heading("Ortho-slices")
     overlay = overlay_figure(
-        inputs.image, inputs.gt, inputs.seg, table, center, voxel_size,
+        inputs.image,
+        inputs.gt,
+        inputs.seg,
+        table,
+        center,
+        voxel_size,
         title="Ortho-slices through z,y,x = " + ", ".join(str(int(c + o)) for c, o in zip(center, offset)),
         offset=inputs.offset,
     )
@@ -298,24 +309,42 @@ def write_evaluation_report(
         report.figure("worst_errors", to_png(gallery), "Close-ups of the largest merges and splits, centred on the listed coordinate (+).")
     report.figure("sizes", to_png(size_histogram_figure(table)), "Sizes of ground-truth objects and segments inside the labelled region.")
     report.heading("Largest false merges")
-    report.paragraph(f"A segment overlapping at least two objects by {min_error_voxels} voxels or more; size = its voxels outside its main object.")
+    report.paragraph(
+        f"A segment overlapping at least two objects by {min_error_voxels} voxels or more; size = its voxels outside its main object."
+    )
     report.table(
         ["segment", "voxels", "merge voxels", "objects", "largest objects (id: voxels)", "z, y, x"],
         [
-            [e["segment"], e["segment_voxels"], e["error_voxels"], e["n_gt_objects"],
-             ", ".join(f"{o['id']}: {o['voxels']:,}" for o in e["gt_objects"][:4]), _coord(e)]
+            [
+                e["segment"],
+                e["segment_voxels"],
+                e["error_voxels"],
+                e["n_gt_objects"],
+                ", ".join(f"{o['id']}: {o['voxels']:,}" for o in e["gt_objects"][:4]),
+                _coord(e),
+            ]
             for e in errors["merges"]
-        ] or [["none", "", "", "", "", ""]],
+        ]
+        or [["none", "", "", "", "", ""]],
     )
     report.heading("Largest false splits")
-    report.paragraph(f"An object overlapping at least two segments by {min_error_voxels} voxels or more; size = its voxels outside its main segment.")
+    report.paragraph(
+        f"An object overlapping at least two segments by {min_error_voxels} voxels or more; size = its voxels outside its main segment."
+    )
     report.table(
         ["object", "voxels", "split voxels", "segments", "largest segments (id: voxels)", "z, y, x"],
         [
-            [e["gt_object"], e["gt_voxels"], e["error_voxels"], e["n_segments"],
-             ", ".join(f"{o['id']}: {o['voxels']:,}" for o in e["segments"][:4]), _coord(e)]
+            [
+                e["gt_object"],
+                e["gt_voxels"],
+                e["error_voxels"],
+                e["n_segments"],
+                ", ".join(f"{o['id']}: {o['voxels']:,}" for o in e["segments"][:4]),
+                _coord(e),
+            ]
             for e in errors["splits"]
-        ] or [["none", "", "", "", "", ""]],
+        ]
+        or [["none", "", "", "", "", ""]],
     )
     report.paragraph("Coordinates are z, y, x voxels in the ground-truth volume; look at them with `neuroflood view`.")
     report.write(out_dir, "evaluate", {"metrics.json": (json.dumps(result, indent=2) + "\n").encode()})

@@ -19,7 +19,8 @@ Assumptions (documented in docs/evaluation.md):
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from scipy.sparse import coo_matrix

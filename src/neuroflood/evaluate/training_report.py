@@ -104,7 +104,9 @@ def write_training_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike
     lr = _series(records, "step", keys=(lr_key,), splits=("train",))
     if lr:
         report.heading("Learning-rate schedule")
-        report.figure("lr_schedule", to_png(curves_figure(lr, "step", "Learning rate", ncols=1, smooth=False)), "Learning rate against step.")
+        report.figure(
+            "lr_schedule", to_png(curves_figure(lr, "step", "Learning rate", ncols=1, smooth=False)), "Learning rate against step."
+        )
 
     samples, skipped = _read_samples(run / "samples")
     report.heading("Predictions against labels")
@@ -229,8 +231,7 @@ def _read_sample(path: Path) -> dict[str, Any]:
         pred = None
     if image is None or label is None or pred is None or not (image.shape == label.shape == pred.shape):
         raise DataError(
-            f"sample {path} needs 3-D arrays 'image', 'label' and 'prediction' (or 'logits') of one shape; "
-            f"it has {sorted(data)}"
+            f"sample {path} needs 3-D arrays 'image', 'label' and 'prediction' (or 'logits') of one shape; it has {sorted(data)}"
         )
     step = data.get("step")
     title = path.stem + (f"\nstep {int(step)}" if step is not None else "")

@@ -16,8 +16,9 @@ import errno
 import os
 import socket
 import time
+from collections.abc import Sequence
 from pathlib import PurePath
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -55,10 +56,16 @@ def check_address(bind: str, port: int) -> None:
             s.bind(address)
         except OSError as e:
             if e.errno == errno.EADDRINUSE:
-                raise ConfigError(f"port {port} on {bind} is in use by another program; choose another --port, or 0 for any free port") from None
+                raise ConfigError(
+                    f"port {port} on {bind} is in use by another program; choose another --port, or 0 for any free port"
+                ) from None
             if e.errno in (errno.EACCES, errno.EPERM):
-                raise ConfigError(f"port {port} on {bind} needs privileges (ports below 1024 do); choose a --port of 1024 or more") from None
-            raise ConfigError(f"cannot serve on {bind}:{port} ({e.strerror or e}); use --bind 127.0.0.1 or an address of this machine") from None
+                raise ConfigError(
+                    f"port {port} on {bind} needs privileges (ports below 1024 do); choose a --port of 1024 or more"
+                ) from None
+            raise ConfigError(
+                f"cannot serve on {bind}:{port} ({e.strerror or e}); use --bind 127.0.0.1 or an address of this machine"
+            ) from None
 
 
 def make_viewer(

@@ -10,8 +10,9 @@ propose the seeds one subvolume over the whole box would.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -91,11 +92,15 @@ class FFNBlockSegmenter:
                 seen = seen.intersection(self.job_box) or seen
             sub = image[seen.relative_to(corner).to_slices()]
             restrictor = MovementRestrictor(
-                mask=build_mask(self.request.masks, sub, seen.start), seed_mask=build_mask(self.request.seed_masks, sub, seen.start),
+                mask=build_mask(self.request.masks, sub, seen.start),
+                seed_mask=build_mask(self.request.seed_masks, sub, seen.start),
             )
             return ImageView(
-                normalize_image(self.model, sub, self.request), restrictor, tuple(self.request.voxel_size),
-                self.fov_context, tuple(seen.start),
+                normalize_image(self.model, sub, self.request),
+                restrictor,
+                tuple(self.request.voxel_size),
+                self.fov_context,
+                tuple(seen.start),
             )
 
         return self.seed_policy.in_job(self.job_box, canvas, image_beyond)
@@ -122,7 +127,12 @@ class FFNBlockSegmenter:
         init = np.zeros(image.shape, np.int64)
         init[block.to_slices()] = segmentation
         result = segment_subvolume(
-            self.model, image, self.request, corner=corner, init_segmentation=init, seed_policy=explicit_seeds(seeds, corner),
+            self.model,
+            image,
+            self.request,
+            corner=corner,
+            init_segmentation=init,
+            seed_policy=explicit_seeds(seeds, corner),
         )
         canvas_ids = result.segmentation.astype(np.int64)
         lut = extension_ids(init, canvas_ids, result.local_to_global)  # canvas id -> block id
@@ -135,9 +145,7 @@ class FFNBlockSegmenter:
             return int(lut[canvas_id])
 
         started = {  # only new objects have origins
-            block_id(int(sid)): seed_index[tuple(origin.start_zyx)]
-            for sid, origin in result.origins.items()
-            if block_id(int(sid)) in size
+            block_id(int(sid)): seed_index[tuple(origin.start_zyx)] for sid, origin in result.origins.items() if block_id(int(sid)) in size
         }
         overlaps = [  # objects with voxels in the block, not only in its context
             (new, block_id(other), count, size[new], size[block_id(other)])

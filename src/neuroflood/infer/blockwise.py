@@ -27,9 +27,10 @@ import json
 import os
 import sys
 import time
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -119,8 +120,12 @@ def run_blocks(
     if bar is not None:
         bar.close()
     return BlockwiseResult(
-        blocks=len(grid), blocks_run=done.run, blocks_skipped=done.skipped, failed=done.failed,
-        fov_evaluations=done.fov_evaluations, seconds=time.time() - t0,
+        blocks=len(grid),
+        blocks_run=done.run,
+        blocks_skipped=done.skipped,
+        failed=done.failed,
+        fov_evaluations=done.fov_evaluations,
+        seconds=time.time() - t0,
     )
 
 
@@ -153,7 +158,11 @@ def run_handover_round(
         if block.index % info.world_size == info.rank and not target.exists():
             found, sources = handover_seeds(grid, block, lambda i: load_block(paths, i, round_ - 1), min_voxels, seed_box)
             # a seed that started nothing in an earlier round would start nothing again
-            tried = {tuple(p) for k in range(1, round_) for p in np.load(paths.handover(k) / f"{block.index}.seeds.npz", allow_pickle=False)["seeds"]}
+            tried = {
+                tuple(p)
+                for k in range(1, round_)
+                for p in np.load(paths.handover(k) / f"{block.index}.seeds.npz", allow_pickle=False)["seeds"]
+            }
             fresh = np.array([tuple(p) not in tried for p in found], bool)
             atomic_savez(target, {"seeds": found[fresh], "sources": sources[fresh]})
     barrier()
@@ -184,15 +193,27 @@ def run_handover_round(
         sources = saved[block.index]["sources"]
         seeded_in = [[int(new_id), *map(int, sources[k])] for new_id, k in sorted(ext.seeded_from.items())]
         write_done(
-            folder / f"{block.index}.done", block, seg, time.time() - t, counters, info,
-            round=round_, seeds=len(seeds[block.index]), new_segments=len(seeded_in), handed=seeded_in,
+            folder / f"{block.index}.done",
+            block,
+            seg,
+            time.time() - t,
+            counters,
+            info,
+            round=round_,
+            seeds=len(seeds[block.index]),
+            new_segments=len(seeded_in),
+            handed=seeded_in,
             overlaps=[list(map(int, o)) for o in ext.overlaps],
         )
         return counters
 
     phase = Phase(
-        [grid[i] for i in handed], run, lambda b: folder / f"{b.index}.done", lambda b: folder / f"{b.index}.failed",
-        lambda b: f"hand-over round {round_}, block {b.index}", {"round": round_},
+        [grid[i] for i in handed],
+        run,
+        lambda b: folder / f"{b.index}.done",
+        lambda b: folder / f"{b.index}.failed",
+        lambda b: f"hand-over round {round_}, block {b.index}",
+        {"round": round_},
     )
     done = run_phase(phase, info, f"neuroflood/{paths.work}/handover/{round_}", tick)
     if bar is not None:
@@ -207,7 +228,10 @@ def run_handover_round(
             "rerun the same command: finished blocks are kept"
         )
     result = BlockwiseResult(
-        blocks=len(handed), blocks_run=done.run, blocks_skipped=done.skipped, failed=done.failed,
+        blocks=len(handed),
+        blocks_run=done.run,
+        blocks_skipped=done.skipped,
+        failed=done.failed,
         fov_evaluations=done.fov_evaluations,
     )
     return int(sum(len(s) for s in seeds.values())), result
@@ -240,8 +264,12 @@ def run_blockwise_job(
     if not hasattr(segmenter, "extend"):
         handover_rounds = 0
     request = {
-        **request, "bbox": str(bbox), "block_size": list(grid.block_size), "overlap": list(grid.overlap),
-        "rule": asdict(rule), "handover_rounds": int(handover_rounds),
+        **request,
+        "bbox": str(bbox),
+        "block_size": list(grid.block_size),
+        "overlap": list(grid.overlap),
+        "rule": asdict(rule),
+        "handover_rounds": int(handover_rounds),
     }
     prepare_job(paths, grid, request, info)
     t0 = time.time()
@@ -307,10 +335,16 @@ def segment_blockwise(
     from .inputs import as_request
     from .segment import hold_output, model_fingerprint, write_summary
 
-    options = BlockwiseConfig.build({
-        "block_size": block_size, "overlap": overlap, "min_overlap_voxels": min_overlap_voxels,
-        "min_overlap_fraction": min_overlap_fraction, "handover_rounds": handover_rounds, "one_sided_joins": one_sided_joins,
-    })
+    options = BlockwiseConfig.build(
+        {
+            "block_size": block_size,
+            "overlap": overlap,
+            "min_overlap_voxels": min_overlap_voxels,
+            "min_overlap_fraction": min_overlap_fraction,
+            "handover_rounds": handover_rounds,
+            "one_sided_joins": one_sided_joins,
+        }
+    )
     request = as_request(request)
     paths = JobPaths.from_spec(out)
     target = os.path.abspath(paths.root / paths.name)
@@ -333,11 +367,17 @@ def segment_blockwise(
                 "request": json.loads(request.model_dump_json()),
             }
             result = run_blockwise_job(
-                out, volume, box, options.block_size or box.size,
+                out,
+                volume,
+                box,
+                options.block_size or box.size,
                 options.overlap or tuple(2 * (f // 2 + d) for f, d in zip(cfg.fov_size, cfg.deltas)),
-                FFNBlockSegmenter(model, request, job_box=box), job_request, info,
+                FFNBlockSegmenter(model, request, job_box=box),
+                job_request,
+                info,
                 OverlapRule(options.min_overlap_voxels, options.min_overlap_fraction, not options.one_sided_joins),
-                progress=progress, handover_rounds=options.handover_rounds,
+                progress=progress,
+                handover_rounds=options.handover_rounds,
             )
             if not info.is_main:
                 return None
@@ -382,6 +422,12 @@ def blockwise_summary(out: str, image: str, bbox: BoundingBox, result: Blockwise
 
 
 __all__ = [
-    "HELD_OUTPUT_ENV", "BlockFailures", "BlockwiseResult", "blockwise_summary", "run_blocks", "run_blockwise_job",
-    "run_handover_round", "segment_blockwise",
+    "HELD_OUTPUT_ENV",
+    "BlockFailures",
+    "BlockwiseResult",
+    "blockwise_summary",
+    "run_blocks",
+    "run_blockwise_job",
+    "run_handover_round",
+    "segment_blockwise",
 ]

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Callable, Protocol, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 from scipy.special import expit
@@ -90,9 +91,9 @@ class Canvas:
         movement_policy_args: dict[str, Any] | None = None,
         voxel_size: Sequence[float] = (1, 1, 1),
         keep_probability_maps: bool = False,
-        checkpoint: Callable[["Canvas", int, bool], None] | None = None,
+        checkpoint: Callable[[Canvas, int, bool], None] | None = None,
         checkpoint_interval: float = 0.0,
-        callback: Callable[[str, "Canvas"], None] | None = None,
+        callback: Callable[[str, Canvas], None] | None = None,
         keep_history: bool = False,
     ):
         self.image = image
@@ -165,10 +166,7 @@ class Canvas:
             self.count("skip_threshold")
             return False
         m, s = self._margin, self.shape
-        if (
-            pos[0] < m[0] or pos[1] < m[1] or pos[2] < m[2]
-            or pos[0] + m[0] >= s[0] or pos[1] + m[1] >= s[1] or pos[2] + m[2] >= s[2]
-        ):
+        if pos[0] < m[0] or pos[1] < m[1] or pos[2] < m[2] or pos[0] + m[0] >= s[0] or pos[1] + m[1] >= s[1] or pos[2] + m[2] >= s[2]:
             self.count("skip_invalid_pos")
             return False
         if self.segmentation[pos] > 0:
@@ -242,9 +240,7 @@ class Canvas:
         if self._dirty is None:
             self._dirty = box
         else:
-            self._dirty = tuple(
-                slice(min(a.start, b.start), max(a.stop, b.stop)) for a, b in zip(self._dirty, box)
-            )
+            self._dirty = tuple(slice(min(a.start, b.start), max(a.stop, b.stop)) for a, b in zip(self._dirty, box))
 
     def segment_at(self, start_pos: Position, partial_segment_iters: int = 0) -> int:
         """Flood one object from ``start_pos``; returns the number of FOV evaluations.
@@ -287,9 +283,7 @@ class Canvas:
         return num_iters
 
     # -- the whole subvolume -------------------------------------------------------------------
-    def segment_all(
-        self, seed_policy: str | SeedPolicyFactory | SeedPolicy = "PolicyPeaks", seed_policy_args: dict | None = None
-    ) -> None:
+    def segment_all(self, seed_policy: str | SeedPolicyFactory | SeedPolicy = "PolicyPeaks", seed_policy_args: dict | None = None) -> None:
         """Try to start a segment at every seed of ``seed_policy``, in order.
 
         ``seed_policy``: a resolved policy (:func:`~neuroflood.infer.seeds.resolve_seed_policy`),
@@ -315,9 +309,7 @@ class Canvas:
                 and self.restrictor.is_valid_seed(pos)
             ):
                 if partial:
-                    raise CheckpointError(
-                        f"the checkpoint's object in flight starts at an invalid seed {pos}; delete the checkpoint"
-                    )
+                    raise CheckpointError(f"the checkpoint's object in flight starts at an invalid seed {pos}; delete the checkpoint")
                 self.count("seed_policy_items")
                 continue
             if not partial:
@@ -470,7 +462,7 @@ class Canvas:
         self.overlaps = {int(k): (v[0], v[1]) for k, v in json.loads(str(state["overlaps"])).items()}
         self.local_to_global = {int(k): int(v) for k, v in json.loads(str(state["local_to_global"])).items()}
         self.counters = json.loads(str(state["counters"]))
-        self.movement.set_state({k[len("movement_"):]: v for k, v in state.items() if k.startswith("movement_")})
+        self.movement.set_state({k[len("movement_") :]: v for k, v in state.items() if k.startswith("movement_")})
         if "seed_policy_idx" in state:
             coords = state.get("seed_policy_coords")
             self._seed_policy_state = (None if coords is None else np.asarray(coords), int(state["seed_policy_idx"]))

@@ -38,7 +38,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output spec: seg.h5:segmentation, seg.zarr/segmentation or seg.npz")
     p.add_argument("--config", default=None, help="inference request file (TOML or JSON)")
     p.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override a request field, e.g. options.move_threshold=0.8 or seed_policy=PolicyGrid3d (repeatable)",
     )
     p.add_argument("--summary", default=None, help="write a JSON summary (fov_evaluations, segments, seconds, ...)")
@@ -127,8 +131,14 @@ def _segment(args: argparse.Namespace) -> int:
     if blockwise.block_size or args.nproc_per_node:
         return _segment_blockwise(args, request, blockwise)
     summary = segment_volume(
-        args.model, args.image, args.out, args.bbox, request,
-        overwrite=args.overwrite, checkpoint_path=args.checkpoint, summary_path=args.summary,
+        args.model,
+        args.image,
+        args.out,
+        args.bbox,
+        request,
+        overwrite=args.overwrite,
+        checkpoint_path=args.checkpoint,
+        summary_path=args.summary,
         progress=not args.no_progress,
     )
     if summary.get("skipped"):
@@ -156,21 +166,35 @@ def add_blockwise_arguments(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--block-size", default=None, metavar="Z,Y,X", help="block size (default: the whole box is one block)")
     g.add_argument(
-        "--overlap", default=None, metavar="Z,Y,X",
+        "--overlap",
+        default=None,
+        metavar="Z,Y,X",
         help="overlap of neighbouring blocks (default: 2*(fov//2 + delta), e.g. 48 for FIB-25)",
     )
     g.add_argument("--nproc-per-node", type=int, default=None, help="start this many local workers (torchrun)")
-    g.add_argument("--min-overlap-voxels", type=int, default=None, help="join objects of neighbouring blocks that share at least this many voxels (default 50) ...")
     g.add_argument(
-        "--min-overlap-fraction", type=float, default=None,
+        "--min-overlap-voxels",
+        type=int,
+        default=None,
+        help="join objects of neighbouring blocks that share at least this many voxels (default 50) ...",
+    )
+    g.add_argument(
+        "--min-overlap-fraction",
+        type=float,
+        default=None,
         help="... and at least this fraction of the smaller one's voxels in the overlap (default 0.5)",
     )
     g.add_argument(
-        "--handover-rounds", type=int, default=None, metavar="N",
+        "--handover-rounds",
+        type=int,
+        default=None,
+        metavar="N",
         help="rounds in which each block floods the objects its neighbours carry into its core (default 2; 0: none)",
     )
     g.add_argument(
-        "--one-sided-joins", action="store_true", default=None,
+        "--one-sided-joins",
+        action="store_true",
+        default=None,
         help="join objects on one block's word (default: the other block must see them touch in its margin, so that one leaky fill cannot merge two neurons)",
     )
 
@@ -178,8 +202,11 @@ def add_blockwise_arguments(parser: argparse.ArgumentParser) -> None:
 def blockwise_options(args: argparse.Namespace) -> dict[str, Any]:
     """The blockwise options given on the command line (None: not given), by config key."""
     return {
-        "block_size": args.block_size, "overlap": args.overlap, "min_overlap_voxels": args.min_overlap_voxels,
-        "min_overlap_fraction": args.min_overlap_fraction, "handover_rounds": args.handover_rounds,
+        "block_size": args.block_size,
+        "overlap": args.overlap,
+        "min_overlap_voxels": args.min_overlap_voxels,
+        "min_overlap_fraction": args.min_overlap_fraction,
+        "handover_rounds": args.handover_rounds,
         "one_sided_joins": args.one_sided_joins,
     }
 
@@ -229,8 +256,14 @@ def _segment_blockwise(args: argparse.Namespace, request: Any, options: Any) -> 
                 os.environ.pop(HELD_OUTPUT_ENV, None)
     # (torch threads were set once by the command before this)
     summary = segment_blockwise(
-        args.model, args.image, args.out, bbox=args.bbox, request=request, **options.model_dump(),
-        progress=not args.no_progress, summary_path=args.summary,
+        args.model,
+        args.image,
+        args.out,
+        bbox=args.bbox,
+        request=request,
+        **options.model_dump(),
+        progress=not args.no_progress,
+        summary_path=args.summary,
     )
     if summary is not None:
         print(

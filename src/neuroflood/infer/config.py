@@ -50,9 +50,7 @@ class InferenceOptions(Config):
 
     init_activation: float = Field(0.95, gt=0, lt=1, description="probability placed at the seed voxel")
     pad_value: float = Field(0.05, gt=0, lt=1, description="probability fed for voxels never predicted (NaN in the canvas)")
-    move_threshold: float = Field(
-        0.9, gt=0, lt=1, description="minimum probability at a candidate FOV centre; also the seed-strength test"
-    )
+    move_threshold: float = Field(0.9, gt=0, lt=1, description="minimum probability at a candidate FOV centre; also the seed-strength test")
     segment_threshold: float = Field(0.6, gt=0, lt=1, description="probability at which the object mask becomes a segment")
     min_segment_size: int = Field(1000, ge=0, description="minimum number of voxels a new segment must claim")
     min_boundary_dist: tuple[int, int, int] = Field(
@@ -89,10 +87,7 @@ class InferenceOptions(Config):
 
     def logits(self) -> dict[str, float]:
         """The four probability thresholds as logits, keyed by option name."""
-        return {
-            k: logit(getattr(self, k))
-            for k in ("init_activation", "pad_value", "move_threshold", "segment_threshold")
-        }
+        return {k: logit(getattr(self, k)) for k in ("init_activation", "pad_value", "move_threshold", "segment_threshold")}
 
 
 class MaskConfig(Config):
@@ -124,7 +119,7 @@ class MaskConfig(Config):
         return v
 
     @model_validator(mode="after")
-    def _one_source(self) -> "MaskConfig":
+    def _one_source(self) -> MaskConfig:
         n = (self.volume is not None) + bool(self.image) + (self.expression is not None)
         if n != 1:
             raise ValueError("a mask needs exactly one source: volume = 'SPEC', image = true or expression = '...'")

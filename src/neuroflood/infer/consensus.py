@@ -92,9 +92,7 @@ def clean_up(seg: np.ndarray, split_cc: bool = True, min_size: int = 0, connecti
     return {int(i): int(o) for i, o in zip(ids, original.ravel()[first])}
 
 
-def compute_consensus(
-    seg_a: np.ndarray, seg_b: np.ndarray, split_min_size: int = 1000, **clean: Any
-) -> np.ndarray:
+def compute_consensus(seg_a: np.ndarray, seg_b: np.ndarray, split_min_size: int = 1000, **clean: Any) -> np.ndarray:
     """CONSENSUS_SPLIT of two segmentations of one subvolume.
 
     ``clean`` (``split_cc``, ``min_size``, ``connectivity``), if given, is applied to both

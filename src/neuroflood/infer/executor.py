@@ -41,9 +41,7 @@ def resolve_device(name: str = "auto") -> torch.device:
         if not torch.cuda.is_available():
             raise ConfigError(f"device {name!r} asked for, but CUDA is not available here; use device = 'cpu' or 'auto'")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ConfigError(
-                f"device {name!r} does not exist (this machine has {torch.cuda.device_count()} CUDA devices)"
-            )
+            raise ConfigError(f"device {name!r} does not exist (this machine has {torch.cuda.device_count()} CUDA devices)")
     elif dev.type != "cpu":
         raise ConfigError(f"device {name!r} is not supported; use 'auto', 'cpu' or 'cuda[:N]'")
     return dev
@@ -131,8 +129,13 @@ class _Runner:
         return logits
 
     def stats(self) -> dict[str, Any]:
-        return {"device": str(self.device), "precision": self.precision, "fovs": self.fovs,
-                "batches": self.batches, "network_seconds": round(self.seconds, 3)}
+        return {
+            "device": str(self.device),
+            "precision": self.precision,
+            "fovs": self.fovs,
+            "batches": self.batches,
+            "network_seconds": round(self.seconds, 3),
+        }
 
 
 class LocalExecutor:
@@ -148,7 +151,7 @@ class LocalExecutor:
         self._seed: torch.Tensor | None = None
         self._lock = threading.Lock()
 
-    def client(self) -> "LocalExecutor":
+    def client(self) -> LocalExecutor:
         return self
 
     def _buffers(self, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -172,7 +175,7 @@ class LocalExecutor:
     def stats(self) -> dict[str, Any]:
         return self.runner.stats()
 
-    def __enter__(self) -> "LocalExecutor":
+    def __enter__(self) -> LocalExecutor:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -192,7 +195,7 @@ class _Request:
 class ExecutorClient:
     """One Canvas's handle on a :class:`BatchedExecutor`; ``close()`` deregisters it."""
 
-    def __init__(self, executor: "BatchedExecutor"):
+    def __init__(self, executor: BatchedExecutor):
         self._executor = executor
         self._open = True
 
@@ -212,7 +215,7 @@ class ExecutorClient:
             self._open = False
             self._executor._deregister()
 
-    def __enter__(self) -> "ExecutorClient":
+    def __enter__(self) -> ExecutorClient:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -321,7 +324,7 @@ class BatchedExecutor:
     def stats(self) -> dict[str, Any]:
         return {**self.runner.stats(), "batch_size": self.batch_size}
 
-    def __enter__(self) -> "BatchedExecutor":
+    def __enter__(self) -> BatchedExecutor:
         return self
 
     def __exit__(self, *exc: Any) -> None:

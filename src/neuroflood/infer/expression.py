@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import ast
 import operator
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -76,16 +77,35 @@ _COMPARE: dict[type, Callable[[Any, Any], Any]] = {
     ast.Eq: operator.eq,
     ast.NotEq: operator.ne,
 }
-_OPERATOR_TEXT = {ast.MatMult: "@", ast.LShift: "<<", ast.RShift: ">>", ast.Is: "is", ast.IsNot: "is not",
-                  ast.In: "in", ast.NotIn: "not in"}
+_OPERATOR_TEXT = {
+    ast.MatMult: "@",
+    ast.LShift: "<<",
+    ast.RShift: ">>",
+    ast.Is: "is",
+    ast.IsNot: "is not",
+    ast.In: "in",
+    ast.NotIn: "not in",
+}
 _CONSTRUCT_TEXT = {
-    ast.Subscript: "a subscript [...]", ast.Slice: "a slice", ast.Lambda: "a lambda",
-    ast.ListComp: "a list comprehension", ast.SetComp: "a set comprehension",
-    ast.DictComp: "a dict comprehension", ast.GeneratorExp: "a generator expression",
-    ast.IfExp: "a conditional expression (a if c else b)", ast.NamedExpr: "an assignment expression (:=)",
-    ast.JoinedStr: "an f-string", ast.FormattedValue: "an f-string", ast.List: "a list",
-    ast.Tuple: "a tuple", ast.Set: "a set", ast.Dict: "a dict", ast.Starred: "a starred argument",
-    ast.Await: "await", ast.Yield: "yield", ast.YieldFrom: "yield",
+    ast.Subscript: "a subscript [...]",
+    ast.Slice: "a slice",
+    ast.Lambda: "a lambda",
+    ast.ListComp: "a list comprehension",
+    ast.SetComp: "a set comprehension",
+    ast.DictComp: "a dict comprehension",
+    ast.GeneratorExp: "a generator expression",
+    ast.IfExp: "a conditional expression (a if c else b)",
+    ast.NamedExpr: "an assignment expression (:=)",
+    ast.JoinedStr: "an f-string",
+    ast.FormattedValue: "an f-string",
+    ast.List: "a list",
+    ast.Tuple: "a tuple",
+    ast.Set: "a set",
+    ast.Dict: "a dict",
+    ast.Starred: "a starred argument",
+    ast.Await: "await",
+    ast.Yield: "yield",
+    ast.YieldFrom: "yield",
 }
 ALLOWED = (
     "numbers, z, y, x, + - * / // % **, comparisons, and/or/not, & | ^ ~, parentheses, np.pi, np.e and "
@@ -147,8 +167,9 @@ def _check(node: ast.AST, text: str) -> None:
             _check(a, text)
         if not lo <= len(node.args) <= hi:
             n = str(lo) if lo == hi else f"{lo} to {hi}"
-            raise ConfigError(f"mask expression {_short(text)} calls np.{f.attr} with {len(node.args)} "
-                              f"positional argument(s); np.{f.attr} takes {n} here")
+            raise ConfigError(
+                f"mask expression {_short(text)} calls np.{f.attr} with {len(node.args)} positional argument(s); np.{f.attr} takes {n} here"
+            )
     elif isinstance(node, ast.BinOp):
         if type(node.op) not in _BINARY:
             raise _refuse(text, f"the operator {_OPERATOR_TEXT.get(type(node.op), type(node.op).__name__)!r}")
@@ -188,9 +209,7 @@ def check_expression(text: str) -> ast.Expression:
         raise ConfigError(f"mask expression {_short(text)} cannot be parsed: {type(e).__name__}: {e}") from None
     depth = _depth(tree)
     if depth > MAX_DEPTH:
-        raise ConfigError(
-            f"mask expression {_short(text)} is nested {depth} levels deep; the limit is {MAX_DEPTH}, simplify it"
-        )
+        raise ConfigError(f"mask expression {_short(text)} is nested {depth} levels deep; the limit is {MAX_DEPTH}, simplify it")
     for node in ast.walk(tree):  # a dunder is how sandbox escapes start: name it first
         name = node.attr if isinstance(node, ast.Attribute) else node.id if isinstance(node, ast.Name) else ""
         if name.startswith("__"):

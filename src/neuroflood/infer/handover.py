@@ -23,7 +23,7 @@ the object their seed lay in) decides what to join.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from scipy import ndimage

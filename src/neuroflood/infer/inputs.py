@@ -8,7 +8,8 @@ input.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,24 +38,15 @@ def validate(model: torch.nn.Module, shape: Sequence[int], request: InferenceReq
     if len(shape) != 3:
         raise DataError(f"the image has {len(shape)} dimensions; segmentation needs a 3-D (z, y, x) image")
     if any(s < f for s, f in zip(shape, fov)):
-        raise DataError(
-            f"the subvolume {tuple(shape)} is smaller than the network's field of view {fov} (z,y,x); "
-            "choose a larger --bbox"
-        )
+        raise DataError(f"the subvolume {tuple(shape)} is smaller than the network's field of view {fov} (z,y,x); choose a larger --bbox")
     if len(deltas) != 3 or any(2 * d + 1 > f for d, f in zip(deltas, fov)):
-        raise ConfigError(
-            f"movement deltas {deltas} do not fit the model's FOV {fov}: 2*delta+1 must be <= FOV on every axis"
-        )
+        raise ConfigError(f"movement deltas {deltas} do not fit the model's FOV {fov}: 2*delta+1 must be <= FOV on every axis")
     check_seed_policy(request.seed_policy, request.seed_policy_args)
     if request.movement_policy not in MOVEMENT_POLICIES:
-        raise ConfigError(
-            f"unknown movement policy {request.movement_policy!r}; choose one of {', '.join(MOVEMENT_POLICIES)}"
-        )
+        raise ConfigError(f"unknown movement policy {request.movement_policy!r}; choose one of {', '.join(MOVEMENT_POLICIES)}")
     extra = set(request.movement_policy_args) - {"deltas", "score_threshold"}
     if extra:
-        raise ConfigError(
-            f"movement_policy_args has unknown keys {', '.join(sorted(extra))}; it takes deltas and score_threshold"
-        )
+        raise ConfigError(f"movement_policy_args has unknown keys {', '.join(sorted(extra))}; it takes deltas and score_threshold")
     score = request.movement_policy_args.get("score_threshold")
     if score is not None and not 0 < float(score) < 1:
         raise ConfigError(f"movement_policy_args.score_threshold {score} must be a probability in (0, 1)")
@@ -95,8 +87,7 @@ def build_mask(configs: Sequence[MaskConfig], image: np.ndarray, corner: Sequenc
                 try:
                     if any(b > s for b, s in zip(box.stop, vol.shape[:3])):
                         raise VolumeError(
-                            f"mask volume {cfg.volume} has shape {vol.shape[:3]}, it must cover the box "
-                            f"{tuple(corner)}..{box.stop}"
+                            f"mask volume {cfg.volume} has shape {vol.shape[:3]}, it must cover the box {tuple(corner)}..{box.stop}"
                         )
                     values = vol[box.to_slices()]
                 finally:

@@ -47,7 +47,7 @@ class JobPaths:
     name: str  # NAME
 
     @classmethod
-    def from_spec(cls, spec: str) -> "JobPaths":
+    def from_spec(cls, spec: str) -> JobPaths:
         split = split_container(spec, (".zarr",))
         if not split or not split[1]:
             raise VolumeError(
@@ -134,18 +134,25 @@ def load_block(paths: JobPaths, i: int, after_round: int | None = None) -> np.nd
 
 def write_done(path: Path, block: Block, seg: np.ndarray, seconds: float, counters: dict, info: DistInfo, **extra: Any) -> None:
     """Mark ``block`` done at ``path`` (JSON: box, core, segments, seconds, counters, worker)."""
-    atomic_write_text(path, json.dumps({
-        "block": block.index,
-        "box": str(block.box),
-        "core": str(block.core),
-        "segments": int(len(np.unique(seg)) - (1 if (seg == 0).any() else 0)),
-        "seconds": seconds,
-        "counters": counters,
-        "rank": info.rank,
-        "pid": os.getpid(),
-        "host": socket.gethostname(),
-        **extra,
-    }, indent=2, default=str))
+    atomic_write_text(
+        path,
+        json.dumps(
+            {
+                "block": block.index,
+                "box": str(block.box),
+                "core": str(block.core),
+                "segments": int(len(np.unique(seg)) - (1 if (seg == 0).any() else 0)),
+                "seconds": seconds,
+                "counters": counters,
+                "rank": info.rank,
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                **extra,
+            },
+            indent=2,
+            default=str,
+        ),
+    )
 
 
 def record_failure(path: Path, block: Block, error: Exception, info: DistInfo, what: str, **extra: Any) -> dict:
@@ -185,6 +192,13 @@ def read_box(image: Volume, box: BoundingBox, context: tuple[int, ...]) -> tuple
 
 
 __all__ = [
-    "JobPaths", "failure_lines", "gather_failures", "load_block", "prepare_job", "read_box", "record_failure",
-    "save_block", "write_done",
+    "JobPaths",
+    "failure_lines",
+    "gather_failures",
+    "load_block",
+    "prepare_job",
+    "read_box",
+    "record_failure",
+    "save_block",
+    "write_done",
 ]

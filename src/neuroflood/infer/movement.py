@@ -6,16 +6,14 @@ google/ffn ``ffn/inference/movement.py`` (ffn-algorithms.md §3.4). All position
 from __future__ import annotations
 
 from collections import deque
-from typing import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
 Position = tuple[int, int, int]
 
 
-def get_scored_move_offsets(
-    deltas: Sequence[int], logits: np.ndarray, threshold: float
-) -> Iterator[tuple[float, Position]]:
+def get_scored_move_offsets(deltas: Sequence[int], logits: np.ndarray, threshold: float) -> Iterator[tuple[float, Position]]:
     """Candidate moves from the maxima of the faces of the ±delta cube around the centre.
 
     For each of the 6 faces (axis at ±delta) of the ``(2·delta + 1)³`` cube centred in
@@ -98,7 +96,7 @@ class FaceMaxMovementPolicy:
             (int(pos[2]) - s[2] + h[2]) // c[2],
         )
 
-    def __iter__(self) -> "FaceMaxMovementPolicy":
+    def __iter__(self) -> FaceMaxMovementPolicy:
         return self
 
     def __next__(self) -> Position:
@@ -128,9 +126,7 @@ class FaceMaxMovementPolicy:
         }
 
     def set_state(self, state: dict[str, np.ndarray]) -> None:
-        self.queue = deque(
-            (float(s), tuple(int(v) for v in p)) for s, p in zip(state["queue_scores"], state["queue_pos"])
-        )
+        self.queue = deque((float(s), tuple(int(v) for v in p)) for s, p in zip(state["queue_scores"], state["queue_pos"]))
         self.done = {tuple(int(v) for v in c) for c in state["done"]}
         self.start_pos = tuple(int(v) for v in state["start_pos"])
 

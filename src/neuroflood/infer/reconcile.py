@@ -136,7 +136,8 @@ def handover_pairs(
     for b, other in np.asarray(ran_over if ran_over is not None else [], np.uint64).reshape(-1, 2):
         stand_ins.setdefault(int(b), set()).add(int(other))
     kept = [
-        p for p in np.asarray(handed, np.uint64).reshape(-1, 2)
+        p
+        for p in np.asarray(handed, np.uint64).reshape(-1, 2)
         if any((f, int(p[1])) in strong for f in {int(p[0])} | stand_ins.get(int(p[0]), set()))
     ]
     return np.array(kept, np.uint64).reshape(-1, 2)
@@ -154,9 +155,11 @@ def inblock_pairs(block_index: int, overlaps: np.ndarray, rule: OverlapRule) -> 
     :class:`~neuroflood.infer.blockwise.Extension` records them.
     """
     rows = np.asarray(overlaps, np.int64).reshape(-1, 5)
-    keep = (rows[:, 2] >= rule.min_overlap_voxels) & (
-        rows[:, 2] >= rule.min_overlap_fraction * np.minimum(rows[:, 3], rows[:, 4])
-    ) & (rows[:, 1] > 0)
+    keep = (
+        (rows[:, 2] >= rule.min_overlap_voxels)
+        & (rows[:, 2] >= rule.min_overlap_fraction * np.minimum(rows[:, 3], rows[:, 4]))
+        & (rows[:, 1] > 0)
+    )
     return np.stack([encode(block_index, rows[keep, 0]), encode(block_index, rows[keep, 1])], axis=1).reshape(-1, 2)
 
 
@@ -200,9 +203,7 @@ def apply_mapping(block_ids: np.ndarray, ids: np.ndarray, new: np.ndarray, dtype
     return out
 
 
-def face_splits(
-    reference: np.ndarray, stitched: np.ndarray, stride: tuple[int, ...], *, seams_only: bool = False
-) -> dict[int, int]:
+def face_splits(reference: np.ndarray, stitched: np.ndarray, stride: tuple[int, ...], *, seams_only: bool = False) -> dict[int, int]:
     """Objects of ``reference`` cut apart at block faces in ``stitched``.
 
     Both arrays cover the whole box; block cores start every ``stride`` voxels along each axis

@@ -9,9 +9,10 @@ gets a failed marker and is reported while the others go on.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from ..distributed import DistInfo
 from .blocks import Block

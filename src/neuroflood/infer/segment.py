@@ -14,9 +14,10 @@ import json
 import os
 import threading
 import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -258,9 +259,7 @@ class _ProgressBar:
 
             # In a log file (no terminal) a line every 30 s instead of 10 a second.
             interval = 0.1 if sys.stderr.isatty() else 30.0
-            self.bar = tqdm(
-                total=total, unit="vox", unit_scale=True, desc="segment", dynamic_ncols=True, mininterval=interval
-            )
+            self.bar = tqdm(total=total, unit="vox", unit_scale=True, desc="segment", dynamic_ncols=True, mininterval=interval)
         self.t0 = time.perf_counter()
         self.fovs0 = 0
         self.done = 0
@@ -361,7 +360,13 @@ def segment_volume(
             vol.close()
             ckpt = os.fspath(checkpoint_path) if checkpoint_path is not None else default_checkpoint_path(out_spec)
             result = segment_subvolume(
-                model, image, request, corner=box.start, checkpoint_path=ckpt, checkpoint_key=key, progress=progress,
+                model,
+                image,
+                request,
+                corner=box.start,
+                checkpoint_path=ckpt,
+                checkpoint_key=key,
+                progress=progress,
                 keep_checkpoint=True,
             )
             summary = result.summary()
@@ -370,8 +375,13 @@ def segment_volume(
                 summary["model_path"] = model_path
             meta = {"request": key, "corner_zyx": list(box.start), "summary": summary, "counters": result.counters}
             write_segmentation(
-                out_spec, result.segmentation, origins=result.origins, overlaps=result.overlaps,
-                qprob=result.qprob, meta=meta, overwrite=True,
+                out_spec,
+                result.segmentation,
+                origins=result.origins,
+                overlaps=result.overlaps,
+                qprob=result.qprob,
+                meta=meta,
+                overwrite=True,
             )
             if os.path.exists(ckpt):  # the result is written: the checkpoint has served
                 os.unlink(ckpt)
@@ -423,6 +433,12 @@ def write_summary(path: str | os.PathLike | None, summary: dict[str, Any]) -> No
 
 
 __all__ = [
-    "SegmentationResult", "hold_output", "model_fingerprint", "output_lock_target", "segment_many", "segment_subvolume",
-    "segment_volume", "write_summary",
+    "SegmentationResult",
+    "hold_output",
+    "model_fingerprint",
+    "output_lock_target",
+    "segment_many",
+    "segment_subvolume",
+    "segment_volume",
+    "write_summary",
 ]

@@ -61,9 +61,7 @@ def reconcile_blocks(paths: JobPaths, grid: BlockGrid, rule: OverlapRule) -> tup
     # block's older objects their fills ran over
     records = paths.handover_records()
     handed = [
-        (encode(d["block"], np.array([b]))[0], encode(a_block, np.array([a]))[0])
-        for d in records
-        for b, a_block, a in d.get("handed", [])
+        (encode(d["block"], np.array([b]))[0], encode(a_block, np.array([a]))[0]) for d in records for b, a_block, a in d.get("handed", [])
     ]
     if records:
         n_shared = np.concatenate(shared) if shared else np.zeros(0, np.int64)

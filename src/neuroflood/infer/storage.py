@@ -57,10 +57,12 @@ def to_output_ids(segmentation: np.ndarray) -> np.ndarray:
 
 def info_json(origins: dict[int, Origin], overlaps: dict[int, tuple[list[int], list[int]]] | None) -> str:
     """Origins and overlaps as JSON: ``{"origins": {id: [z, y, x, iters, s]}, "overlaps": ...}``."""
-    return json.dumps({
-        "origins": {str(k): [*o.start_zyx, o.iterations, round(o.seconds, 6)] for k, o in sorted(origins.items())},
-        "overlaps": {str(k): [list(v[0]), list(v[1])] for k, v in sorted((overlaps or {}).items())},
-    })
+    return json.dumps(
+        {
+            "origins": {str(k): [*o.start_zyx, o.iterations, round(o.seconds, 6)] for k, o in sorted(origins.items())},
+            "overlaps": {str(k): [list(v[0]), list(v[1])] for k, v in sorted((overlaps or {}).items())},
+        }
+    )
 
 
 def origins_from_info(text: str) -> dict[int, Origin]:
@@ -95,9 +97,7 @@ def output_kind(spec: str) -> tuple[str, str, str]:
             raise VolumeError(f"output {spec!r} names no dataset; write it as {spec}:segmentation")
         path, name = spec.rsplit(":", 1)
         return "h5", path, name
-    raise VolumeError(
-        f"output {spec!r} is not an HDF5, zarr or npz spec; use seg.h5:segmentation, seg.zarr/segmentation or seg.npz"
-    )
+    raise VolumeError(f"output {spec!r} is not an HDF5, zarr or npz spec; use seg.h5:segmentation, seg.zarr/segmentation or seg.npz")
 
 
 def _sibling(kind: str, path: str, name: str, suffix: str) -> str:
@@ -185,8 +185,7 @@ def write_segmentation(
         atomic_savez(path, arrays)
         return
     info_bytes = np.frombuffer(info.encode(), np.uint8)
-    parts = [("_prob", qprob, {}), ("_info", info_bytes, {"chunks": (len(info_bytes),)}),
-             ("", seg, {"attrs": {"neuroflood": meta_json}})]
+    parts = [("_prob", qprob, {}), ("_info", info_bytes, {"chunks": (len(info_bytes),)}), ("", seg, {"attrs": {"neuroflood": meta_json}})]
     existed = os.path.exists(path)
     staged: list[tuple[str, str]] = []  # (temporary member, final member)
     try:
@@ -336,9 +335,7 @@ def load_segmentation(
         prob = dequantize_probability(out["qprob"])
         seg[~(prob >= threshold)] = 0
     new_to_old = clean_up(seg, split_cc=split_cc, min_size=min_size, connectivity=connectivity)
-    origins = {
-        int(new): out["origins"][int(old)] for new, old in new_to_old.items() if new and int(old) in out["origins"]
-    }
+    origins = {int(new): out["origins"][int(old)] for new, old in new_to_old.items() if new and int(old) in out["origins"]}
     return seg, origins
 
 
@@ -360,9 +357,22 @@ def save_canvas_checkpoint(
 
 # What Canvas.state_dict always writes, plus the request: a file without them is not ours.
 _CHECKPOINT_KEYS = (
-    "request", "segmentation", "seed", "min_pos", "max_pos", "max_id", "partial_segment_iters", "history",
-    "history_deleted", "origin_ids", "origin_start", "origin_iters", "origin_seconds", "overlaps",
-    "local_to_global", "counters",
+    "request",
+    "segmentation",
+    "seed",
+    "min_pos",
+    "max_pos",
+    "max_id",
+    "partial_segment_iters",
+    "history",
+    "history_deleted",
+    "origin_ids",
+    "origin_start",
+    "origin_iters",
+    "origin_seconds",
+    "overlaps",
+    "local_to_global",
+    "counters",
 )
 
 
@@ -373,6 +383,7 @@ def load_canvas_checkpoint(path: str | os.PathLike, request: dict[str, Any]) -> 
     raises :class:`CheckpointError` saying so and how to start over, not numpy's own text
     (e.g. its advice about ``allow_pickle``).
     """
+
     def corrupt(why: str) -> CheckpointError:
         return CheckpointError(
             f"inference checkpoint {path} is corrupt or not written by neuroflood segment ({why}); "

@@ -142,9 +142,7 @@ def _load_state_strict(model: FFNModel, state: dict[str, torch.Tensor], where: s
         )
     for k, v in expected.items():
         if tuple(state[k].shape) != tuple(v.shape):
-            raise CheckpointError(
-                f"{where}: {k} has shape {tuple(state[k].shape)}, the architecture needs {tuple(v.shape)}"
-            )
+            raise CheckpointError(f"{where}: {k} has shape {tuple(state[k].shape)}, the architecture needs {tuple(v.shape)}")
     model.load_state_dict(state, strict=True)
 
 
@@ -162,8 +160,7 @@ def infer_tf_config(tensors: dict[str, np.ndarray], base: ModelConfig | None = N
     convs = {k.split("/")[1] for k in tensors if k.startswith("seed_update/conv") and k.endswith("/weights")}
     if "conv0_a" not in convs or "conv_lom" not in convs:
         raise CheckpointError(
-            "the checkpoint has no seed_update/conv0_a or seed_update/conv_lom: it is not a "
-            "google/ffn convstack_3d model"
+            "the checkpoint has no seed_update/conv0_a or seed_update/conv_lom: it is not a google/ffn convstack_3d model"
         )
     depth = 1 + max((int(c[4:].split("_")[0]) for c in convs if c not in ("conv_lom",)), default=0)
     feats = [int(tensors[f"seed_update/{n}/weights"].shape[-1]) for n in layer_names(depth)[:-1] if f"seed_update/{n}/weights" in tensors]
@@ -254,7 +251,9 @@ def _check_model_output(out_dir: str | os.PathLike) -> Path:
         if not out.is_dir() or out.is_symlink():
             raise ConfigError(f"{out} exists and is not a directory; choose another output directory")
         if any(out.iterdir()) and not _is_native(out):
-            raise ConfigError(f"{out} holds other files (not a neuroflood model checkpoint), which would be replaced; choose another output directory")
+            raise ConfigError(
+                f"{out} holds other files (not a neuroflood model checkpoint), which would be replaced; choose another output directory"
+            )
     parent = out.absolute().parent
     while not parent.exists():
         parent = parent.parent

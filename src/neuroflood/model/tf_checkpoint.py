@@ -89,8 +89,7 @@ def read_index(prefix: str) -> tuple[dict, dict[str, dict]]:
     path = f"{prefix}.index"
     if not os.path.exists(path):
         raise CheckpointError(
-            f"no TensorFlow checkpoint at {prefix} ({path} is missing); give the prefix, "
-            "e.g. model.ckpt-27465036 (without .index)"
+            f"no TensorFlow checkpoint at {prefix} ({path} is missing); give the prefix, e.g. model.ckpt-27465036 (without .index)"
         )
     data = _read_file(path)
     if len(data) < _FOOTER_LEN or struct.unpack("<Q", data[-8:])[0] != _TABLE_MAGIC:

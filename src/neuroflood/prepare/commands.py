@@ -47,15 +47,35 @@ def register(sub: argparse._SubParsersAction) -> None:
         "on failure. With --from-tfrecord, converts google/ffn coordinate files instead. "
         "Volumes are [NAME=]SPEC; names must match those given to `neuroflood train`.",
     )
-    p.add_argument("--labels", action="append", default=[], metavar="[NAME=]SPEC",
-                   help="labelled volume (integer ids, 0 = background); repeat for several volumes")
-    p.add_argument("--image", action="append", default=[], metavar="[NAME=]SPEC",
-                   help="the image of each labelled volume: checked to have the labels' shape and recorded")
-    p.add_argument("--mask", action="append", default=[], metavar="[NAME=]SPEC",
-                   help="exclusion mask per volume (non-zero = excluded; voxels near it are never sampled)")
+    p.add_argument(
+        "--labels",
+        action="append",
+        default=[],
+        metavar="[NAME=]SPEC",
+        help="labelled volume (integer ids, 0 = background); repeat for several volumes",
+    )
+    p.add_argument(
+        "--image",
+        action="append",
+        default=[],
+        metavar="[NAME=]SPEC",
+        help="the image of each labelled volume: checked to have the labels' shape and recorded",
+    )
+    p.add_argument(
+        "--mask",
+        action="append",
+        default=[],
+        metavar="[NAME=]SPEC",
+        help="exclusion mask per volume (non-zero = excluded; voxels near it are never sampled)",
+    )
     p.add_argument("--out", required=True, help="output directory (must not exist unless --overwrite)")
-    p.add_argument("--from-tfrecord", action="append", default=[], metavar="FILE",
-                   help="convert google/ffn coordinate TFRecord file(s) (GZIP or plain) instead of partitioning")
+    p.add_argument(
+        "--from-tfrecord",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="convert google/ffn coordinate TFRecord file(s) (GZIP or plain) instead of partitioning",
+    )
     p.add_argument("--config", help="TOML/JSON file with prepare options (a [prepare] table or top-level keys)")
     p.add_argument("--lom-radius", metavar="Z,Y,X", help=doc("lom_radius"))
     p.add_argument("--thresholds", metavar="T1,T2,...", help=doc("thresholds"))

@@ -77,6 +77,4 @@ class PrepareConfig(Config):
 
     def partition_params(self) -> PartitionParams:
         """The validated parameters of :func:`~neuroflood.prepare.partitions.compute_partitions`."""
-        return PartitionParams.make(
-            self.lom_radius, self.thresholds, self.min_size, self.margin, self.id_whitelist, self.exclusion_regions
-        )
+        return PartitionParams.make(self.lom_radius, self.thresholds, self.min_size, self.margin, self.id_whitelist, self.exclusion_regions)

@@ -17,9 +17,10 @@ from __future__ import annotations
 import json
 import os
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -68,9 +69,7 @@ class CoordinateSet:
         self.count = int(self.header["count"])
         expected = self.offset + self.count * RECORD.itemsize
         if os.path.getsize(self.path) != expected:
-            raise DataError(
-                f"{self.path} is truncated ({os.path.getsize(self.path)} bytes, expected {expected}); regenerate it"
-            )
+            raise DataError(f"{self.path} is truncated ({os.path.getsize(self.path)} bytes, expected {expected}); regenerate it")
         self.volume_names: list[str] = list(self.header["volume_names"])
         self.meta: dict[str, Any] = self.header.get("meta", {})
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 import json
 import os
 import struct
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -30,9 +31,7 @@ _SLAB_VOXELS = 1 << 24
 _WRITE_CHUNK = 1 << 20
 
 
-def class_voxels(
-    partitions: Any, margin: Sequence[int] | int, offset: int = 0
-) -> dict[int, np.ndarray]:
+def class_voxels(partitions: Any, margin: Sequence[int] | int, offset: int = 0) -> dict[int, np.ndarray]:
     """Flat indices (into the whole volume, plus ``offset``) of every class's voxels.
 
     Only voxels at least ``margin`` (z, y, x) from each face count; 255 is never a class.
@@ -44,8 +43,7 @@ def class_voxels(
         raise DataError(f"partitions have shape {shape}; expected a 3-D z,y,x volume")
     if any(2 * a >= s for a, s in zip(m, shape)):
         raise DataError(
-            f"margin {list(m)} leaves no voxel of a partition volume of shape {list(shape)}; "
-            "use a margin below half the size on every axis"
+            f"margin {list(m)} leaves no voxel of a partition volume of shape {list(shape)}; use a margin below half the size on every axis"
         )
     crop = BoundingBox(m, tuple(s - 2 * a for s, a in zip(shape, m)))
     plane = crop.size[1] * crop.size[2]
@@ -74,9 +72,7 @@ def class_voxels(
     return {c: np.concatenate(parts) for c, parts in sorted(found.items())}
 
 
-def balance(
-    per_class: dict[int, list[np.ndarray]], rng: np.random.Generator
-) -> np.ndarray:
+def balance(per_class: dict[int, list[np.ndarray]], rng: np.random.Generator) -> np.ndarray:
     """Resample every class to the largest class's size and shuffle all together.
 
     Each class is permuted and then repeated cyclically (``np.resize``), as in the reference.
@@ -84,7 +80,7 @@ def balance(
     sizes = {c: sum(len(a) for a in parts) for c, parts in per_class.items()}
     n_max = max(sizes.values())
     out = np.empty(n_max * len(per_class), np.int64)
-    for k, (c, parts) in enumerate(sorted(per_class.items())):
+    for k, (_, parts) in enumerate(sorted(per_class.items())):
         voxels = rng.permutation(np.concatenate(parts))
         out[k * n_max : (k + 1) * n_max] = np.resize(voxels, n_max)
     rng.shuffle(out)
@@ -146,9 +142,7 @@ def build_coordinates(
     offsets = np.concatenate([[0], np.cumsum([int(np.prod(s)) for s in shapes])]).astype(np.int64)
     per_class: dict[int, list[np.ndarray]] = {}
     per_volume: dict[str, dict[str, int]] = {}
-    for name, part, off in tqdm(
-        list(zip(names, partitions, offsets)), desc="collecting voxels", unit="volume", disable=not progress
-    ):
+    for name, part, off in tqdm(list(zip(names, partitions, offsets)), desc="collecting voxels", unit="volume", disable=not progress):
         found = class_voxels(part, margin, int(off))
         per_volume[name] = {str(c): len(v) for c, v in found.items()}
         for c, v in found.items():
@@ -187,15 +181,11 @@ def build_coordinates(
     return summary
 
 
-def _records(
-    global_index: np.ndarray, offsets: np.ndarray, shapes: list[tuple[int, ...]], progress: bool
-) -> Iterator[np.ndarray]:
+def _records(global_index: np.ndarray, offsets: np.ndarray, shapes: list[tuple[int, ...]], progress: bool) -> Iterator[np.ndarray]:
     """Turn (volume offset + flat index) values into coordinate records, chunk by chunk."""
     from tqdm import tqdm
 
-    for lo in tqdm(
-        range(0, len(global_index), _WRITE_CHUNK), desc="writing coordinates", unit="chunk", disable=not progress
-    ):
+    for lo in tqdm(range(0, len(global_index), _WRITE_CHUNK), desc="writing coordinates", unit="chunk", disable=not progress):
         g = global_index[lo : lo + _WRITE_CHUNK]
         vol = np.searchsorted(offsets, g, side="right") - 1
         rec = np.empty(len(g), RECORD)

@@ -7,8 +7,9 @@ defaults quickly. All sizes are z, y, x.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from ..bbox import BoundingBox
 from ..errors import ConfigError, DataError
@@ -41,7 +42,7 @@ class PartitionParams:
         margin: Sequence[int] | int = 0,
         id_whitelist: Iterable[int] | None = None,
         exclusion_regions: Iterable[Sequence[int]] | None = None,
-    ) -> "PartitionParams":
+    ) -> PartitionParams:
         radius = triple(lom_radius, "lom_radius")
         margin_ = triple(margin, "margin")
         ths = tuple(float(t) for t in thresholds)

@@ -23,7 +23,8 @@ halo of ``lom_radius`` (:func:`partition_volume`); the result is identical.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -72,9 +73,7 @@ def label_sizes(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
     ids, counts = fastremap.unique(labels, return_counts=True)
     if ids.dtype.kind == "i" and len(ids) and ids[0] < 0:
-        raise DataError(
-            f"labels contain negative id {int(ids[0])}; ids must be >= 0 (0 = background): relabel them"
-        )
+        raise DataError(f"labels contain negative id {int(ids[0])}; ids must be >= 0 (0 = background): relabel them")
     return ids, counts.astype(np.int64)
 
 
@@ -131,9 +130,7 @@ def compact_labels(labels: np.ndarray, kept: np.ndarray, present: np.ndarray | N
     out = np.empty(labels.shape, dtype if dtype.itemsize > 1 else np.uint8)
     step = max(1, (1 << 20) // max(1, labels[0].size))
     for z in range(0, labels.shape[0], step):
-        out[z : z + step] = fastremap.remap(
-            np.ascontiguousarray(labels[z : z + step]), mapping, preserve_missing_labels=False
-        )
+        out[z : z + step] = fastremap.remap(np.ascontiguousarray(labels[z : z + step]), mapping, preserve_missing_labels=False)
     return out
 
 
@@ -376,7 +373,11 @@ def compute_partitions(
     roi = core.relative_to(halo.start)
     out = np.full(labels.shape, IGNORE, np.uint8)
     out[core.to_slices()] = partition_block(
-        block, roi, kept, params, class_lut(params.thresholds, params.window_volume),
+        block,
+        roi,
+        kept,
+        params,
+        class_lut(params.thresholds, params.window_volume),
         None if mask is None else mask[halo.to_slices()],
         present=ids,
     )
@@ -386,9 +387,7 @@ def compute_partitions(
 
 def iter_blocks(region: BoundingBox, block_shape: Sequence[int]) -> Iterator[BoundingBox]:
     """Blocks of ``block_shape`` aligned to multiples of it (so writes align with chunks), cut to ``region``."""
-    ranges = [
-        range((a // b) * b, a + s, b) for a, s, b in zip(region.start, region.size, block_shape)
-    ]
+    ranges = [range((a // b) * b, a + s, b) for a, s, b in zip(region.start, region.size, block_shape)]
     for z in ranges[0]:
         for y in ranges[1]:
             for x in ranges[2]:

@@ -15,8 +15,9 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from ..errors import DataError
 from .config import PrepareConfig
@@ -177,6 +178,9 @@ def convert_tfrecords(files: Sequence[str], out: str | os.PathLike, progress: bo
     per_volume = {n: int(np.count_nonzero(vidx == k)) for k, n in enumerate(names)}
     meta = {"source": "google/ffn TFRecord", "files": [os.path.abspath(f) for f in files], "per_volume": per_volume}
     write_coordinates(out_dir / COORDINATES, all_centers, vidx, names, meta)
-    summary = {"coordinates": {"path": COORDINATES, "count": int(len(all_centers)), **meta}, "seconds": {"total": round(time.time() - t0, 3)}}
+    summary = {
+        "coordinates": {"path": COORDINATES, "count": int(len(all_centers)), **meta},
+        "seconds": {"total": round(time.time() - t0, 3)},
+    }
     (out_dir / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
     return summary

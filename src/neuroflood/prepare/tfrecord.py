@@ -20,8 +20,9 @@ import io
 import os
 import struct
 import zlib
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import BinaryIO, Iterator, Sequence
+from typing import BinaryIO
 
 import numpy as np
 
@@ -67,10 +68,7 @@ def _records(f: BinaryIO, path: str) -> Iterator[bytes]:
                 raise DataError(f"{path} is truncated in record {n} (byte {offset}); re-create or re-copy the file")
             data = body[:length]
             if masked_crc32c(data) != struct.unpack("<I", body[length:])[0]:
-                raise DataError(
-                    f"{path}: record {n} (byte {offset}) has a bad data checksum; the file is corrupt: "
-                    "re-create or re-copy it"
-                )
+                raise DataError(f"{path}: record {n} (byte {offset}) has a bad data checksum; the file is corrupt: re-create or re-copy it")
             yield data
             n += 1
             offset += 16 + length
@@ -266,7 +264,7 @@ def write_tfrecord_coordinates(
     centers = np.asarray(centers_zyx, np.int64)
     if centers.ndim != 2 or centers.shape[1] != 3 or len(centers) != len(volume_names):
         raise DataError("write_tfrecord_coordinates needs an [N, 3] z,y,x array and N volume names")
-    with atomic_file(path) as raw, (gzip.GzipFile(fileobj=raw, mode="wb") if compress else raw) as f:
+    with atomic_file(path) as raw, gzip.GzipFile(fileobj=raw, mode="wb") if compress else raw as f:
         for (z, y, x), name in zip(centers.tolist(), volume_names):
             data = coordinate_example((x, y, z), name.encode("utf-8"))
             length = struct.pack("<Q", len(data))

@@ -15,8 +15,9 @@ figure then shows the *modelled* time of N workers at ideal scaling, measured ti
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from ..config import ModelConfig
 from ..errors import ConfigError
@@ -60,9 +61,18 @@ def run_batch_size(
         n = g // batch_size
         steps = fovs // g
         options = base_options(
-            out / "runs" / f"batch-{g}", mcfg, data, batch_size=batch_size, optimizer=optimizer, learning_rate=base_lr,
-            lr_scaling=lr_scaling, warmup_steps=max(1, round(warmup_fraction * steps)) if warmup_fraction > 0 else 0,
-            max_steps=steps, eval_every_steps=max(1, steps // evaluations), eval_examples=eval_examples, seed=seed,
+            out / "runs" / f"batch-{g}",
+            mcfg,
+            data,
+            batch_size=batch_size,
+            optimizer=optimizer,
+            learning_rate=base_lr,
+            lr_scaling=lr_scaling,
+            warmup_steps=max(1, round(warmup_fraction * steps)) if warmup_fraction > 0 else 0,
+            max_steps=steps,
+            eval_every_steps=max(1, steps // evaluations),
+            eval_examples=eval_examples,
+            seed=seed,
         )
         jobs_list.append((options, n))
         meta.append({"global_batch": g, "workers": n, "steps": steps, "warmup_steps": options["warmup_steps"]})
@@ -70,16 +80,35 @@ def run_batch_size(
     curves = []
     for m, res in zip(meta, results):
         n = m["workers"]
-        points = [{"step": r["step"], "fovs": r["step"] * m["global_batch"], "time_s": r["time_s"],
-                   "modelled_time_s": r["time_s"] / n if mode == "emulated" else r["time_s"],
-                   "f1": r["f1"], "accuracy": r["accuracy"], "loss": r["loss"]} for r in res["eval"]]
+        points = [
+            {
+                "step": r["step"],
+                "fovs": r["step"] * m["global_batch"],
+                "time_s": r["time_s"],
+                "modelled_time_s": r["time_s"] / n if mode == "emulated" else r["time_s"],
+                "f1": r["f1"],
+                "accuracy": r["accuracy"],
+                "loss": r["loss"],
+            }
+            for r in res["eval"]
+        ]
         curves.append({**m, "points": points, "final_f1": points[-1]["f1"] if points else None})
     report = {
         "study": "batch-size",
         "machine": machine(),
-        "config": {"global_batches": list(global_batches), "batch_size_per_worker": batch_size, "fovs": fovs, "base_lr": base_lr,
-                   "lr_scaling": lr_scaling, "warmup_fraction": warmup_fraction, "optimizer": optimizer, "model": model,
-                   "mode": mode, "eval_examples": eval_examples, "data": f"synthetic {data_size}^3, held-out volume seed {seed + 1}"},
+        "config": {
+            "global_batches": list(global_batches),
+            "batch_size_per_worker": batch_size,
+            "fovs": fovs,
+            "base_lr": base_lr,
+            "lr_scaling": lr_scaling,
+            "warmup_fraction": warmup_fraction,
+            "optimizer": optimizer,
+            "model": model,
+            "mode": mode,
+            "eval_examples": eval_examples,
+            "data": f"synthetic {data_size}^3, held-out volume seed {seed + 1}",
+        },
         "curves": curves,
     }
     write_json(out / "batch_size.json", report)

@@ -51,11 +51,18 @@ def _common(p: argparse.ArgumentParser, jobs: int, threads: int, real_only: bool
     p.add_argument("--out", required=True, help="output directory (JSON, PNG, runs/, data/)")
     p.add_argument("--model", help="network spec, as neuroflood train --model")
     if not real_only:
-        p.add_argument("--mode", choices=["emulated", "real"], default="emulated",
-                       help="emulated: N workers in one process (gradient accumulation); real: N ranks via --launcher")
+        p.add_argument(
+            "--mode",
+            choices=["emulated", "real"],
+            default="emulated",
+            help="emulated: N workers in one process (gradient accumulation); real: N ranks via --launcher",
+        )
         p.add_argument("--jobs", type=int, default=jobs, help="emulated runs at a time (separate processes)")
-    p.add_argument("--launcher", help="command template starting {workers} ranks of `neuroflood train` (e.g. 'srun --ntasks {workers} "
-                   "--cpus-per-task {threads}'); default: neuroflood train --nproc-per-node N on this machine")
+    p.add_argument(
+        "--launcher",
+        help="command template starting {workers} ranks of `neuroflood train` (e.g. 'srun --ntasks {workers} "
+        "--cpus-per-task {threads}'); default: neuroflood train --nproc-per-node N on this machine",
+    )
     p.add_argument("--threads", type=int, default=threads, help="torch CPU threads per run (emulated) or per rank (real)")
     p.add_argument("--data-size", type=int, help="edge of the synthetic training and held-out volumes (voxels)")
     p.add_argument("--seed", type=int, default=0, help="seed of data, weights and example generators")
@@ -64,14 +71,22 @@ def _common(p: argparse.ArgumentParser, jobs: int, threads: int, real_only: bool
 def register(sub: argparse._SubParsersAction) -> None:
     from ..cli import add_command
 
-    p = add_command(sub, "study", "the distributed-training studies of Dong et al. 2019 (scaling, LR scaling, batch size, optimizers)",
-                    __doc__.split("\n\n", 1)[1] if __doc__ else None)
+    p = add_command(
+        sub,
+        "study",
+        "the distributed-training studies of Dong et al. 2019 (scaling, LR scaling, batch size, optimizers)",
+        __doc__.split("\n\n", 1)[1] if __doc__ else None,
+    )
     studies = p.add_subparsers(dest="study", metavar="STUDY", required=True)
 
-    s = add_command(studies, "scaling", "training throughput (FOVs/s) against real workers, with ideal line and efficiency",
-                    "Train the FIB-25 network (by default) with 1, 2, ... real workers for a few steps each and measure "
-                    "the global FOVs/s after warm-up steps. Writes OUT/scaling.json (a list of {workers, fovs_per_s, "
-                    "efficiency, config, ...}) and OUT/scaling.png (log-log, ideal line, the paper's curve).")
+    s = add_command(
+        studies,
+        "scaling",
+        "training throughput (FOVs/s) against real workers, with ideal line and efficiency",
+        "Train the FIB-25 network (by default) with 1, 2, ... real workers for a few steps each and measure "
+        "the global FOVs/s after warm-up steps. Writes OUT/scaling.json (a list of {workers, fovs_per_s, "
+        "efficiency, config, ...}) and OUT/scaling.png (log-log, ideal line, the paper's curve).",
+    )
     _common(s, 1, 1, real_only=True)
     s.add_argument("--workers", type=_ints, default="1,2", help="real worker counts, comma-separated")
     s.add_argument("--batch-size", type=int, default=4, help="FOVs per worker per step")
@@ -81,10 +96,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--precision", choices=["float32", "bfloat16"], default="float32", help="network precision")
     s.set_defaults(func=_scaling)
 
-    s = add_command(studies, "lr-scaling", "best learning rate against workers at a fixed sample budget, vs linear and sqrt rules",
-                    "For each worker count and each learning rate of the grid (base x factors), with and without warm-up, "
-                    "train on the same number of FOVs and score held-out accuracy and F1, normalised by the best at each "
-                    "worker count. Writes OUT/lr_scaling.json and OUT/lr_scaling_{f1,accuracy}.png.")
+    s = add_command(
+        studies,
+        "lr-scaling",
+        "best learning rate against workers at a fixed sample budget, vs linear and sqrt rules",
+        "For each worker count and each learning rate of the grid (base x factors), with and without warm-up, "
+        "train on the same number of FOVs and score held-out accuracy and F1, normalised by the best at each "
+        "worker count. Writes OUT/lr_scaling.json and OUT/lr_scaling_{f1,accuracy}.png.",
+    )
     _common(s, 2, 1)
     s.add_argument("--workers", type=_ints, default="1,2,4,8", help="worker counts N")
     s.add_argument("--lr-factors", type=_floats, default="0.5,1,2,4,8", help="LR grid as multiples of --base-lr")
@@ -96,9 +115,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--eval-examples", type=int, default=64, help="held-out examples scored at the end of each run")
     s.set_defaults(func=_lr_scaling)
 
-    s = add_command(studies, "batch-size", "held-out F1 against wall time and FOVs processed for several global batch sizes",
-                    "Train each global batch size (per-worker batch x workers) on the same number of FOVs, evaluating "
-                    "held-out F1 at regular intervals. Writes OUT/batch_size.json and OUT/batch_size.png.")
+    s = add_command(
+        studies,
+        "batch-size",
+        "held-out F1 against wall time and FOVs processed for several global batch sizes",
+        "Train each global batch size (per-worker batch x workers) on the same number of FOVs, evaluating "
+        "held-out F1 at regular intervals. Writes OUT/batch_size.json and OUT/batch_size.png.",
+    )
     _common(s, 1, 1)
     s.add_argument("--global-batches", type=_ints, default="4,8,16,32", help="global batch sizes (multiples of --batch-size)")
     s.add_argument("--batch-size", type=int, default=4, help="FOVs per worker per step")
@@ -111,14 +134,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--eval-examples", type=int, default=64, help="held-out examples per evaluation")
     s.set_defaults(func=_batch_size)
 
-    s = add_command(studies, "optimizers", "SGD, momentum, Adam, Adagrad, RMSProp with and without warm-up: F1 and time to 95%% accuracy",
-                    "Train each optimizer (own base learning rate) with and without a linear warm-up on the same number of "
-                    "FOVs, evaluating on held-out coordinates at regular intervals. Writes OUT/optimizers.json and "
-                    "OUT/optimizers.png.")
+    s = add_command(
+        studies,
+        "optimizers",
+        "SGD, momentum, Adam, Adagrad, RMSProp with and without warm-up: F1 and time to 95%% accuracy",
+        "Train each optimizer (own base learning rate) with and without a linear warm-up on the same number of "
+        "FOVs, evaluating on held-out coordinates at regular intervals. Writes OUT/optimizers.json and "
+        "OUT/optimizers.png.",
+    )
     _common(s, 1, 1)
     s.add_argument("--optimizers", default="sgd,momentum,adam,adagrad,rmsprop", help="optimizers, comma-separated")
-    s.add_argument("--learning-rates", type=_lrs, help="per-optimizer learning rates, e.g. adam=1e-3,sgd=0.05 "
-                   "(default: sgd=0.05, momentum=0.005, adam=0.001, adagrad=0.05, rmsprop=0.001)")
+    s.add_argument(
+        "--learning-rates",
+        type=_lrs,
+        help="per-optimizer learning rates, e.g. adam=1e-3,sgd=0.05 "
+        "(default: sgd=0.05, momentum=0.005, adam=0.001, adagrad=0.05, rmsprop=0.001)",
+    )
     s.add_argument("--workers", type=int, default=1, help="workers N of every run")
     s.add_argument("--batch-size", type=int, default=4, help="FOVs per worker per step")
     s.add_argument("--fovs", type=int, default=3200, help="FOVs per run")
@@ -137,8 +168,15 @@ def _kw(args: argparse.Namespace, *names: str) -> dict[str, Any]:
 
 def _training_kw(args: argparse.Namespace) -> dict[str, Any]:
     """The options every training study (lr-scaling, batch-size, optimizers) takes alike."""
-    return dict(eval_examples=args.eval_examples, mode=args.mode, launcher=args.launcher, threads=args.threads,
-                jobs=args.jobs, seed=args.seed, **_kw(args, "model", "data_size"))
+    return dict(
+        eval_examples=args.eval_examples,
+        mode=args.mode,
+        launcher=args.launcher,
+        threads=args.threads,
+        jobs=args.jobs,
+        seed=args.seed,
+        **_kw(args, "model", "data_size"),
+    )
 
 
 def _check(args: argparse.Namespace) -> None:
@@ -160,8 +198,18 @@ def _check(args: argparse.Namespace) -> None:
             bounds = f"{'(' if low_open else '['}0, 1{')' if high_open else ']'}"
             raise ConfigError(f"{name} {value} must be a fraction in {bounds}")
 
-    for name, low in (("--threads", 1), ("--jobs", 1), ("--batch-size", 1), ("--evaluations", 1), ("--eval-examples", 1),
-                      ("--steps", 1), ("--skip-steps", 0), ("--data-size", 1), ("--seed", 0), ("--fovs", 1)):
+    for name, low in (
+        ("--threads", 1),
+        ("--jobs", 1),
+        ("--batch-size", 1),
+        ("--evaluations", 1),
+        ("--eval-examples", 1),
+        ("--steps", 1),
+        ("--skip-steps", 0),
+        ("--data-size", 1),
+        ("--seed", 0),
+        ("--fovs", 1),
+    ):
         at_least(name, low)
     if isinstance(getattr(args, "workers", None), int):  # optimizers: one worker count
         at_least("--workers", 1)
@@ -199,12 +247,24 @@ def _scaling(args: argparse.Namespace) -> int:
     claim_files(args.out, ("scaling.json", "scaling.png"), "study")
     from .scaling import run_scaling
 
-    rows = run_scaling(args.out, workers=args.workers, batch_size=args.batch_size, steps=args.steps, skip_steps=args.skip_steps,
-                       threads=args.threads, launcher=args.launcher, device=args.device, precision=args.precision, seed=args.seed,
-                       **_kw(args, "model", "data_size"))
+    rows = run_scaling(
+        args.out,
+        workers=args.workers,
+        batch_size=args.batch_size,
+        steps=args.steps,
+        skip_steps=args.skip_steps,
+        threads=args.threads,
+        launcher=args.launcher,
+        device=args.device,
+        precision=args.precision,
+        seed=args.seed,
+        **_kw(args, "model", "data_size"),
+    )
     for r in rows:
-        print(f"workers {r['workers']}: {r['fovs_per_s']:.3f} FOVs/s, efficiency {100 * r['efficiency']:.0f}%, "
-              f"{r['seconds_per_step']:.2f} s/step")
+        print(
+            f"workers {r['workers']}: {r['fovs_per_s']:.3f} FOVs/s, efficiency {100 * r['efficiency']:.0f}%, "
+            f"{r['seconds_per_step']:.2f} s/step"
+        )
     return _done(f"{args.out}/scaling.json, {args.out}/scaling.png")
 
 
@@ -213,8 +273,17 @@ def _lr_scaling(args: argparse.Namespace) -> int:
     claim_files(args.out, ("lr_scaling.json", "lr_scaling_f1.png", "lr_scaling_accuracy.png"), "study")
     from .lr_scaling import run_lr_scaling
 
-    run_lr_scaling(args.out, workers=args.workers, lr_factors=args.lr_factors, base_lr=args.base_lr, warmup_fraction=args.warmup_fraction,
-                   fovs=args.fovs, batch_size=args.batch_size, optimizer=args.optimizer, **_training_kw(args))
+    run_lr_scaling(
+        args.out,
+        workers=args.workers,
+        lr_factors=args.lr_factors,
+        base_lr=args.base_lr,
+        warmup_fraction=args.warmup_fraction,
+        fovs=args.fovs,
+        batch_size=args.batch_size,
+        optimizer=args.optimizer,
+        **_training_kw(args),
+    )
     return _done(f"{args.out}/lr_scaling.json, {args.out}/lr_scaling_f1.png, {args.out}/lr_scaling_accuracy.png")
 
 
@@ -223,9 +292,18 @@ def _batch_size(args: argparse.Namespace) -> int:
     claim_files(args.out, ("batch_size.json", "batch_size.png"), "study")
     from .batch_size import run_batch_size
 
-    run_batch_size(args.out, global_batches=args.global_batches, batch_size=args.batch_size, fovs=args.fovs, evaluations=args.evaluations,
-                   base_lr=args.base_lr, lr_scaling=args.lr_scaling, warmup_fraction=args.warmup_fraction, optimizer=args.optimizer,
-                   **_training_kw(args))
+    run_batch_size(
+        args.out,
+        global_batches=args.global_batches,
+        batch_size=args.batch_size,
+        fovs=args.fovs,
+        evaluations=args.evaluations,
+        base_lr=args.base_lr,
+        lr_scaling=args.lr_scaling,
+        warmup_fraction=args.warmup_fraction,
+        optimizer=args.optimizer,
+        **_training_kw(args),
+    )
     return _done(f"{args.out}/batch_size.json, {args.out}/batch_size.png")
 
 
@@ -234,8 +312,17 @@ def _optimizers(args: argparse.Namespace) -> int:
     claim_files(args.out, ("optimizers.json", "optimizers.png"), "study")
     from .optimizers import run_optimizers
 
-    run_optimizers(args.out, optimizers=[o.strip() for o in args.optimizers.split(",") if o.strip()], learning_rates=args.learning_rates,
-                   workers=args.workers, batch_size=args.batch_size, fovs=args.fovs, evaluations=args.evaluations,
-                   warmup_fraction=args.warmup_fraction, lr_scaling=args.lr_scaling, target_accuracy=args.target_accuracy,
-                   **_training_kw(args))
+    run_optimizers(
+        args.out,
+        optimizers=[o.strip() for o in args.optimizers.split(",") if o.strip()],
+        learning_rates=args.learning_rates,
+        workers=args.workers,
+        batch_size=args.batch_size,
+        fovs=args.fovs,
+        evaluations=args.evaluations,
+        warmup_fraction=args.warmup_fraction,
+        lr_scaling=args.lr_scaling,
+        target_accuracy=args.target_accuracy,
+        **_training_kw(args),
+    )
     return _done(f"{args.out}/optimizers.json, {args.out}/optimizers.png")

@@ -22,9 +22,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from ..atomic import atomic_write_text
 from ..config import ModelConfig
@@ -57,7 +58,9 @@ def prepare_synthetic(work: str | os.PathLike, model: ModelConfig, size: int = 8
     work = Path(work)
     radius = [f // 2 + d for f, d in zip(model.fov_size, model.deltas)]
     if size < 2 * max(radius) + 8:
-        raise ConfigError(f"--data-size {size} is too small for FOV {tuple(model.fov_size)} and deltas {tuple(model.deltas)}; use at least {2 * max(radius) + 8}")
+        raise ConfigError(
+            f"--data-size {size} is too small for FOV {tuple(model.fov_size)} and deltas {tuple(model.deltas)}; use at least {2 * max(radius) + 8}"
+        )
     work.mkdir(parents=True, exist_ok=True)
     options: dict[str, Any] = {"images": {}, "labels": {}}
     for name, s, key in (("train", seed, "coords"), ("heldout", seed + 1, "eval_coords")):
@@ -125,7 +128,9 @@ def launch_command(launcher: str | None, workers: int, threads: int) -> list[str
     return [*words, sys.executable, "-m", "neuroflood", "train"]
 
 
-def execute(options: dict[str, Any], workers: int = 1, mode: str = "emulated", launcher: str | None = None, threads: int = 1) -> dict[str, Any]:
+def execute(
+    options: dict[str, Any], workers: int = 1, mode: str = "emulated", launcher: str | None = None, threads: int = 1
+) -> dict[str, Any]:
     """Run one training configuration with ``workers`` workers; return its records.
 
     ``emulated``: in this process (``emulate_workers = workers``); ``real``: ``workers`` ranks
@@ -230,8 +235,20 @@ def execute_all(
         # The first run in a process pays one-time costs (kernel selection, allocator
         # growth); a short throw-away run keeps them out of the timed runs.
         first = args[0][0]
-        execute({**first, "run_dir": str(Path(first["run_dir"]).parent / "_warmup"), "max_steps": 3, "eval_coords": None,
-                 "eval_every_steps": None, "fixed_sample_budget": False}, 1, mode, launcher, threads)
+        execute(
+            {
+                **first,
+                "run_dir": str(Path(first["run_dir"]).parent / "_warmup"),
+                "max_steps": 3,
+                "eval_coords": None,
+                "eval_every_steps": None,
+                "fixed_sample_budget": False,
+            },
+            1,
+            mode,
+            launcher,
+            threads,
+        )
     bar = tqdm(total=len(args), desc="runs", unit="run", file=sys.stderr, disable=not progress, dynamic_ncols=True)
     out: list[dict[str, Any]] = []
     try:

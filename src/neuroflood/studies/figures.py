@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import matplotlib
 import matplotlib.colors
@@ -25,8 +26,19 @@ def _save(fig, path: str | Path) -> Path:
 
 
 # Dong et al. 2019, scaling figure (digitized, KNL nodes): (nodes, FOVs/s).
-PAPER_SCALING = [(1, 0.71), (2, 1.24), (4, 2.54), (8, 4.79), (16, 9.27), (32, 18.3), (64, 36.1),
-                 (128, 71.0), (256, 146), (512, 280), (1024, 522)]
+PAPER_SCALING = [
+    (1, 0.71),
+    (2, 1.24),
+    (4, 2.54),
+    (8, 4.79),
+    (16, 9.27),
+    (32, 18.3),
+    (64, 36.1),
+    (128, 71.0),
+    (256, 146),
+    (512, 280),
+    (1024, 522),
+]
 
 
 def plot_scaling(
@@ -81,8 +93,9 @@ def plot_lr_scaling(rows: Sequence[dict[str, Any]], path: str | Path, base_lr: f
         workers = sorted({r["workers"] for r in sub})
         best = {n: max(r[metric] for r in sub if r["workers"] == n) for n in workers}
         c = [r[metric] / best[r["workers"]] if best[r["workers"]] > 0 else 0.0 for r in sub]
-        sc = ax.scatter([r["workers"] for r in sub], [r["learning_rate"] for r in sub], c=c, cmap="viridis", norm=norm,
-                        s=90, edgecolors="k", zorder=3)
+        sc = ax.scatter(
+            [r["workers"] for r in sub], [r["learning_rate"] for r in sub], c=c, cmap="viridis", norm=norm, s=90, edgecolors="k", zorder=3
+        )
         n = np.geomspace(min(workers), max(workers), 50)
         ax.plot(n, base_lr * n, "C3-", label=f"linear: {base_lr:g}·N")
         ax.plot(n, base_lr * np.sqrt(n), "C1--", label=f"sqrt: {base_lr:g}·√N")
@@ -160,8 +173,9 @@ def plot_optimizers(rows: Sequence[dict[str, Any]], path: str | Path, target_acc
             r = next((r for r in rows if r["optimizer"] == n and r["warmup"] == warm), None)
             if r and r.get("curve"):
                 pts = [p for p in r["curve"] if p["accuracy"] is not None]
-                c.plot([p["step"] for p in pts], [p["accuracy"] for p in pts], style, color=f"C{i}",
-                       label=f"{n}{' + warm-up' if warm else ''}")
+                c.plot(
+                    [p["step"] for p in pts], [p["accuracy"] for p in pts], style, color=f"C{i}", label=f"{n}{' + warm-up' if warm else ''}"
+                )
     c.axhline(target_accuracy, color="k", lw=0.8, ls=":", label=f"{100 * target_accuracy:g}% target")
     c.set_xlabel("training steps (same for every optimizer; time is in the JSON)")
     c.set_ylabel("held-out voxel accuracy")

@@ -15,8 +15,9 @@ N workers, exactly); ``mode="real"`` runs N ranks instead, e.g. on a cluster wit
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from ..config import ModelConfig
 from ..errors import ConfigError
@@ -65,26 +66,64 @@ def run_lr_scaling(
                 lr = base_lr * factor
                 name = f"n{n}-lr{lr:.3g}-warmup{w}"
                 options = base_options(
-                    out / "runs" / name, mcfg, data, batch_size=batch_size, optimizer=optimizer, learning_rate=lr,
-                    lr_scaling="none", warmup_steps=w, max_steps=fovs // batch_size, fixed_sample_budget=True,
-                    eval_examples=eval_examples, seed=seed,
+                    out / "runs" / name,
+                    mcfg,
+                    data,
+                    batch_size=batch_size,
+                    optimizer=optimizer,
+                    learning_rate=lr,
+                    lr_scaling="none",
+                    warmup_steps=w,
+                    max_steps=fovs // batch_size,
+                    fixed_sample_budget=True,
+                    eval_examples=eval_examples,
+                    seed=seed,
                 )
-                grid.append({"workers": n, "learning_rate": lr, "lr_factor": factor, "warmup": warm, "warmup_steps": w,
-                             "steps": steps, "global_batch": n * batch_size, "fovs": steps * n * batch_size})
+                grid.append(
+                    {
+                        "workers": n,
+                        "learning_rate": lr,
+                        "lr_factor": factor,
+                        "warmup": warm,
+                        "warmup_steps": w,
+                        "steps": steps,
+                        "global_batch": n * batch_size,
+                        "fovs": steps * n * batch_size,
+                    }
+                )
                 jobs_list.append((options, n))
     results = execute_all(jobs_list, mode, launcher, threads, jobs, progress)
     rows = []
     for g, res in zip(grid, results):
         final = res["eval"][-1] if res["eval"] else {}
-        rows.append({**g, "accuracy": final.get("accuracy"), "f1": final.get("f1"), "loss": final.get("loss"),
-                     "precision": final.get("precision"), "recall": final.get("recall"), "train_time_s": final.get("time_s")})
+        rows.append(
+            {
+                **g,
+                "accuracy": final.get("accuracy"),
+                "f1": final.get("f1"),
+                "loss": final.get("loss"),
+                "precision": final.get("precision"),
+                "recall": final.get("recall"),
+                "train_time_s": final.get("time_s"),
+            }
+        )
     normalise(rows, ("accuracy", "f1"))
     report = {
         "study": "lr-scaling",
         "machine": machine(),
-        "config": {"workers": list(workers), "lr_factors": list(lr_factors), "base_lr": base_lr, "warmup_fraction": warmup_fraction,
-                   "fovs": fovs, "batch_size_per_worker": batch_size, "optimizer": optimizer, "model": model, "mode": mode,
-                   "eval_examples": eval_examples, "data": f"synthetic {data_size}^3, held-out volume seed {seed + 1}"},
+        "config": {
+            "workers": list(workers),
+            "lr_factors": list(lr_factors),
+            "base_lr": base_lr,
+            "warmup_fraction": warmup_fraction,
+            "fovs": fovs,
+            "batch_size_per_worker": batch_size,
+            "optimizer": optimizer,
+            "model": model,
+            "mode": mode,
+            "eval_examples": eval_examples,
+            "data": f"synthetic {data_size}^3, held-out volume seed {seed + 1}",
+        },
         "best": best_per_workers(rows, base_lr),
         "runs": rows,
     }
@@ -112,6 +151,15 @@ def best_per_workers(rows: list[dict[str, Any]], base_lr: float) -> list[dict[st
             if not sub:
                 continue
             top = max(sub, key=lambda r: (r["f1"], r["accuracy"] or 0))
-            out.append({"workers": n, "warmup": warm, "best_learning_rate": top["learning_rate"], "f1": top["f1"],
-                        "accuracy": top["accuracy"], "linear_rule": base_lr * n, "sqrt_rule": base_lr * math.sqrt(n)})
+            out.append(
+                {
+                    "workers": n,
+                    "warmup": warm,
+                    "best_learning_rate": top["learning_rate"],
+                    "f1": top["f1"],
+                    "accuracy": top["accuracy"],
+                    "linear_rule": base_lr * n,
+                    "sqrt_rule": base_lr * math.sqrt(n),
+                }
+            )
     return out

@@ -14,8 +14,9 @@ compare learning rates more than optimizers. They are common starting points, no
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from ..config import ModelConfig
 from ..errors import ConfigError
@@ -65,9 +66,18 @@ def run_optimizers(
         for warm in (False, True):
             w = max(1, round(warmup_fraction * steps)) if warm else 0
             options = base_options(
-                out / "runs" / f"{opt}-warmup{w}", mcfg, data, batch_size=batch_size, optimizer=opt, learning_rate=lrs[opt],
-                lr_scaling=lr_scaling, warmup_steps=w, max_steps=steps, eval_every_steps=max(1, steps // evaluations),
-                eval_examples=eval_examples, seed=seed,
+                out / "runs" / f"{opt}-warmup{w}",
+                mcfg,
+                data,
+                batch_size=batch_size,
+                optimizer=opt,
+                learning_rate=lrs[opt],
+                lr_scaling=lr_scaling,
+                warmup_steps=w,
+                max_steps=steps,
+                eval_every_steps=max(1, steps // evaluations),
+                eval_examples=eval_examples,
+                seed=seed,
             )
             jobs_list.append((options, workers))
             meta.append({"optimizer": opt, "learning_rate": lrs[opt], "warmup": warm, "warmup_steps": w, "steps": steps})
@@ -76,20 +86,35 @@ def run_optimizers(
     for m, res in zip(meta, results):
         ev = res["eval"]
         final = ev[-1] if ev else {}
-        rows.append({
-            **m, "f1": final.get("f1"), "accuracy": final.get("accuracy"), "loss": final.get("loss"),
-            "best_accuracy": max((r["accuracy"] for r in ev if r["accuracy"] is not None), default=None),
-            f"time_to_{target_accuracy:g}_accuracy_s": first_time(ev, "accuracy", target_accuracy),
-            "train_time_s": final.get("time_s"),
-            "curve": [{"step": r["step"], "time_s": r["time_s"], "accuracy": r["accuracy"], "f1": r["f1"]} for r in ev],
-        })
+        rows.append(
+            {
+                **m,
+                "f1": final.get("f1"),
+                "accuracy": final.get("accuracy"),
+                "loss": final.get("loss"),
+                "best_accuracy": max((r["accuracy"] for r in ev if r["accuracy"] is not None), default=None),
+                f"time_to_{target_accuracy:g}_accuracy_s": first_time(ev, "accuracy", target_accuracy),
+                "train_time_s": final.get("time_s"),
+                "curve": [{"step": r["step"], "time_s": r["time_s"], "accuracy": r["accuracy"], "f1": r["f1"]} for r in ev],
+            }
+        )
     report = {
         "study": "optimizers",
         "machine": machine(),
-        "config": {"optimizers": list(optimizers), "learning_rates": {o: lrs[o] for o in optimizers}, "workers": workers,
-                   "batch_size_per_worker": batch_size, "fovs": fovs, "warmup_fraction": warmup_fraction, "lr_scaling": lr_scaling,
-                   "target_accuracy": target_accuracy, "model": model, "mode": mode, "eval_examples": eval_examples,
-                   "data": f"synthetic {data_size}^3, held-out volume seed {seed + 1}"},
+        "config": {
+            "optimizers": list(optimizers),
+            "learning_rates": {o: lrs[o] for o in optimizers},
+            "workers": workers,
+            "batch_size_per_worker": batch_size,
+            "fovs": fovs,
+            "warmup_fraction": warmup_fraction,
+            "lr_scaling": lr_scaling,
+            "target_accuracy": target_accuracy,
+            "model": model,
+            "mode": mode,
+            "eval_examples": eval_examples,
+            "data": f"synthetic {data_size}^3, held-out volume seed {seed + 1}",
+        },
         "runs": rows,
     }
     write_json(out / "optimizers.json", report)

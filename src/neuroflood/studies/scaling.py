@@ -10,8 +10,9 @@ process's compute. Efficiency = FOVs/s ÷ (N × FOVs/s per worker at the smalles
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from ..config import ModelConfig
 from ..errors import ConfigError
@@ -49,33 +50,53 @@ def run_scaling(
     rows = []
     for n in sorted(set(workers)):
         options = base_options(
-            out / "runs" / f"workers-{n}", mcfg, data, batch_size=batch_size, max_steps=steps, summary_every_steps=1,
-            seed=seed, device=device, precision=precision, optimizer="adam", learning_rate=1e-4,
+            out / "runs" / f"workers-{n}",
+            mcfg,
+            data,
+            batch_size=batch_size,
+            max_steps=steps,
+            summary_every_steps=1,
+            seed=seed,
+            device=device,
+            precision=precision,
+            optimizer="adam",
+            learning_rate=1e-4,
         )
         before = machine()["load_average"]
         rec = execute(options, n, "real", launcher, threads)["train"]
         measured = [r for r in rec if r["step"] > skip_steps]
         fovs = sum(r["fovs"] for r in measured)
         seconds = sum(r["fovs"] / r["fovs_per_s"] for r in measured)
-        rows.append({
-            "workers": n,
-            "fovs_per_s": fovs / seconds,
-            "seconds_per_step": seconds / max(1, sum(r["steps"] for r in measured)),
-            "measured_steps": sum(r["steps"] for r in measured),
-            "load_average_before": before,
-            "load_average_after": machine()["load_average"],
-            "config": {
-                "model": model, "batch_size_per_worker": batch_size, "global_batch": n * batch_size, "threads_per_worker": threads,
-                "steps": steps, "skip_steps": skip_steps, "launcher": launcher or "neuroflood train --nproc-per-node N",
-                "device": device, "precision": precision, "data": f"synthetic {data_size}^3",
-            },
-        })
+        rows.append(
+            {
+                "workers": n,
+                "fovs_per_s": fovs / seconds,
+                "seconds_per_step": seconds / max(1, sum(r["steps"] for r in measured)),
+                "measured_steps": sum(r["steps"] for r in measured),
+                "load_average_before": before,
+                "load_average_after": machine()["load_average"],
+                "config": {
+                    "model": model,
+                    "batch_size_per_worker": batch_size,
+                    "global_batch": n * batch_size,
+                    "threads_per_worker": threads,
+                    "steps": steps,
+                    "skip_steps": skip_steps,
+                    "launcher": launcher or "neuroflood train --nproc-per-node N",
+                    "device": device,
+                    "precision": precision,
+                    "data": f"synthetic {data_size}^3",
+                },
+            }
+        )
     rows = efficiency(rows)
     info = machine()
     for r in rows:
         r["machine"] = info
     write_json(out / "scaling.json", rows)
-    title = (f"Training throughput vs workers (labels: efficiency)\n"
-             f"depth {mcfg.depth}, {mcfg.features} features, FOV {mcfg.fov_size[0]}³, batch {batch_size}/worker, {threads} thread(s)/worker")
+    title = (
+        f"Training throughput vs workers (labels: efficiency)\n"
+        f"depth {mcfg.depth}, {mcfg.features} features, FOV {mcfg.fov_size[0]}³, batch {batch_size}/worker, {threads} thread(s)/worker"
+    )
     plot_scaling(rows, out / "scaling.png", title=title, reference=PAPER_SCALING)
     return rows

@@ -34,9 +34,10 @@ import shutil
 import socket
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -169,7 +170,9 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     try:
         state = torch.load(state_path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for truncated or foreign files
-        raise CheckpointError(f"{state_path} cannot be read ({type(e).__name__}: {e}); delete this checkpoint to resume from an older one") from None
+        raise CheckpointError(
+            f"{state_path} cannot be read ({type(e).__name__}: {e}); delete this checkpoint to resume from an older one"
+        ) from None
     model = load_model(path / "model", device=device)
     return TrainingCheckpoint(path, model, state)
 

@@ -97,16 +97,41 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.argument_default = argparse.SUPPRESS
     p.add_argument("--config", help="TOML or JSON file of TrainConfig options ([model] table for the network)")
-    p.add_argument("--image", action="append", metavar="[NAME=]SPEC", help="image volume (repeat as NAME=SPEC for several volumes, NAME as in the coordinate file)")
+    p.add_argument(
+        "--image",
+        action="append",
+        metavar="[NAME=]SPEC",
+        help="image volume (repeat as NAME=SPEC for several volumes, NAME as in the coordinate file)",
+    )
     p.add_argument("--labels", action="append", metavar="[NAME=]SPEC", help="label volume, as --image")
     p.add_argument("--loss-weights", action="append", metavar="[NAME=]SPEC", help="optional per-voxel loss-weight volume, as --image")
-    p.add_argument("--model", metavar="SPEC", help="network, e.g. depth=12,features=32,fov=33,33,33,deltas=8,8,8,mean=128,stddev=33 (default: the FIB-25 geometry)")
+    p.add_argument(
+        "--model",
+        metavar="SPEC",
+        help="network, e.g. depth=12,features=32,fov=33,33,33,deltas=8,8,8,mean=128,stddev=33 (default: the FIB-25 geometry)",
+    )
     p.add_argument("--image-offset-scale", action="append", metavar="NAME:MEAN:STDDEV", help=_help("image_offset_scale"))
     for flag, key, kind in _derived_options():
         _add_option(p, flag, key, kind)
-    p.add_argument("--nproc-per-node", dest="nproc_per_node", type=int, metavar="N", help="start N local data-parallel workers (torchrun's agent; one GPU each on a GPU machine); see docs/distributed.md for torchrun and srun")
-    p.add_argument("--max-restarts", dest="max_restarts", type=int, metavar="K", help="with --nproc-per-node: restart all workers up to K times after a failure, resuming from the latest checkpoint (default: 0)")
-    p.add_argument("--resume", action=argparse.BooleanOptionalAction, help="continue from the run directory's latest checkpoint (default: when it has one; --no-resume refuses a run directory that has checkpoints)")
+    p.add_argument(
+        "--nproc-per-node",
+        dest="nproc_per_node",
+        type=int,
+        metavar="N",
+        help="start N local data-parallel workers (torchrun's agent; one GPU each on a GPU machine); see docs/distributed.md for torchrun and srun",
+    )
+    p.add_argument(
+        "--max-restarts",
+        dest="max_restarts",
+        type=int,
+        metavar="K",
+        help="with --nproc-per-node: restart all workers up to K times after a failure, resuming from the latest checkpoint (default: 0)",
+    )
+    p.add_argument(
+        "--resume",
+        action=argparse.BooleanOptionalAction,
+        help="continue from the run directory's latest checkpoint (default: when it has one; --no-resume refuses a run directory that has checkpoints)",
+    )
     p.set_defaults(func=_train)
 
 

@@ -25,9 +25,7 @@ class TrainConfig(Config):
         default_factory=dict,
         description="image volume spec per volume name (names as in the coordinate file); uint8 EM",
     )
-    labels: dict[str, str] = Field(
-        default_factory=dict, description="label volume spec per volume name (integer ids, 0 = background)"
-    )
+    labels: dict[str, str] = Field(default_factory=dict, description="label volume spec per volume name (integer ids, 0 = background)")
     loss_weights: dict[str, str] = Field(
         default_factory=dict,
         description="optional per-voxel loss-weight volume per volume name (e.g. a 0/1 mask); default all 1",
@@ -42,9 +40,7 @@ class TrainConfig(Config):
 
     # --- model and initialization ----------------------------------------------------------
     model: ModelConfig = Field(default_factory=ModelConfig, description="network geometry and image normalization")
-    init_from: str | None = Field(
-        None, description="start from these weights (native checkpoint dir or google/ffn TF prefix)"
-    )
+    init_from: str | None = Field(None, description="start from these weights (native checkpoint dir or google/ffn TF prefix)")
     seed: int = Field(0, ge=0, le=2**64 - 1, description="seed of every random stream (weights, coordinates, moves, augmentation)")
 
     # --- FFN example generation (ffn-algorithms.md §2.2-2.4) --------------------------------
@@ -138,7 +134,7 @@ class TrainConfig(Config):
         return v
 
     @model_validator(mode="after")
-    def _consistent(self) -> "TrainConfig":
+    def _consistent(self) -> TrainConfig:
         if (self.lr_decay_factor is None) != (self.decay_steps is None):
             raise ValueError("lr_decay_factor and decay_steps go together; set both or neither")
         return self

@@ -72,4 +72,3 @@ def available_host_memory() -> int | None:
         except (OSError, ValueError):
             continue
     return min(found) if found else None
-

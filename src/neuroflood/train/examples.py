@@ -269,5 +269,7 @@ class ExampleGenerator:
             perm, flips, contrast, brightness = s["aug"]
             aug = Augmentation(tuple(int(v) for v in perm), tuple(bool(v) for v in flips), float(contrast), float(brightness))  # type: ignore[arg-type]
             if not 0 <= int(s["index"]) < len(self.shard):
-                raise DataError("the checkpoint's example generator state does not fit this coordinate shard; resume with the same coordinates and workers")
+                raise DataError(
+                    "the checkpoint's example generator state does not fit this coordinate shard; resume with the same coordinates and workers"
+                )
             self._start_example(slot, int(s["index"]), aug, s["canvas"].numpy().copy())

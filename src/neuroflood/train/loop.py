@@ -19,9 +19,10 @@ import math
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -86,10 +87,7 @@ def train(
         summaries = Every(config.summary_every_steps, config.summary_every_secs)
         evaluations = Every(config.eval_every_steps, config.eval_every_secs)
         checkpoints = Every(config.checkpoint_every_steps, config.checkpoint_every_secs)
-        log = MetricsLog(
-            config.run_dir if run.writes else None, run.tracker, fovs_per_step=config.batch_size * workers, tensorboard=config.tensorboard,
-            progress=config.progress and run.writes, total_steps=None if config.max_train_seconds else last_step, step=state.step,
-        )
+        log = open_metrics_log(config, run, workers, last_step)
         with log, StopFlag() as stop:
             # Every rank must take the same decisions (stop, checkpoint) at the same step, or
             # one would wait forever in a collective: flags raised on any rank count for all.
@@ -125,6 +123,19 @@ def train(
     return result
 
 
+def open_metrics_log(config: TrainConfig, run: Run, workers: int, last_step: int) -> MetricsLog:
+    """The run's metrics log (rank 0 writes it; other ranks only track)."""
+    return MetricsLog(
+        config.run_dir if run.writes else None,
+        run.tracker,
+        fovs_per_step=config.batch_size * workers,
+        tensorboard=config.tensorboard,
+        progress=config.progress and run.writes,
+        total_steps=None if config.max_train_seconds else last_step,
+        step=run.state.step,
+    )
+
+
 # ------------------------------------------------------------------------------------------
 # Setting a run up
 # ------------------------------------------------------------------------------------------
@@ -156,7 +167,9 @@ class Run:
         generators = self.state.generators
         batches = [g.next_batch() for g in generators]
         c = self.config
-        loss, logits = train_step(self.stepper, self.state.optimizer, batches, lr, c.grad_clip, self.device, self.autocast_dtype, c.channels_last)  # type: ignore[arg-type]
+        loss, logits = train_step(
+            self.stepper, self.state.optimizer, batches, lr, c.grad_clip, self.device, self.autocast_dtype, c.channels_last
+        )  # type: ignore[arg-type]
         if not math.isfinite(loss):
             good = latest_checkpoint(c.run_dir)
             raise TrainingDiverged(
@@ -235,7 +248,7 @@ class StopFlag:
         self.signal: str | None = None
         self._previous: dict[int, Any] = {}
 
-    def __enter__(self) -> "StopFlag":
+    def __enter__(self) -> StopFlag:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._previous[sig] = signal.signal(sig, self._handle)

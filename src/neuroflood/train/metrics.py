@@ -19,8 +19,9 @@ import math
 import sys
 import time
 from collections import defaultdict, deque
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -212,7 +213,7 @@ class MetricsLog:
     def _start_interval(self) -> None:
         self._interval_start, self._interval_steps = time.perf_counter(), 0
 
-    def __enter__(self) -> "MetricsLog":
+    def __enter__(self) -> MetricsLog:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -12,7 +12,7 @@ on every parameter group before each step, so scaling rules and warm-up compose 
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 

@@ -12,8 +12,8 @@ brightness. All coordinates are z, y, x.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -35,7 +35,7 @@ class Augmentation:
     brightness: float = 0.0
 
     @classmethod
-    def sample(cls, rng: np.random.Generator, config: TrainConfig) -> "Augmentation":
+    def sample(cls, rng: np.random.Generator, config: TrainConfig) -> Augmentation:
         """Draw in the reference's order: permutation, then one Bernoulli(½) flip per axis."""
         perm = [0, 1, 2]
         axes = list(config.permutable_axes)
@@ -90,7 +90,7 @@ class PatchSource:
         self.volume_names = list(volume_names)
         self._adjust_to = config.apply_adjustment_to
 
-    def for_volumes(self, volume_names: Sequence[str]) -> "PatchSource":
+    def for_volumes(self, volume_names: Sequence[str]) -> PatchSource:
         """A source for another coordinate file's volume-name table (itself if they agree)."""
         if list(volume_names) == self.volume_names:
             return self

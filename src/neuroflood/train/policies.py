@@ -13,7 +13,8 @@ from __future__ import annotations
 import copy
 import itertools
 from collections import deque
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -182,7 +183,9 @@ class MaxPredPolicy:
     radius 0, as in the reference.
     """
 
-    def __init__(self, deltas: Sequence[int], fov_size: Sequence[int], threshold_logit: float, max_radius: Sequence[int], legacy: bool = False):
+    def __init__(
+        self, deltas: Sequence[int], fov_size: Sequence[int], threshold_logit: float, max_radius: Sequence[int], legacy: bool = False
+    ):
         self.deltas = np.array(deltas, np.int64)
         self.fov = tuple(int(f) for f in fov_size)
         self.threshold = threshold_logit
@@ -222,7 +225,11 @@ class MaxPredPolicy:
         return None
 
     def state_dict(self) -> dict[str, Any]:
-        return {"queue": [list(o) for o in self.queue], "done": [list(q) for q in sorted(self.done)], "last": list(self.last) if self.last else None}
+        return {
+            "queue": [list(o) for o in self.queue],
+            "done": [list(q) for q in sorted(self.done)],
+            "last": list(self.last) if self.last else None,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.queue = deque(tuple(int(v) for v in o) for o in state["queue"])  # type: ignore[misc]

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from contextlib import nullcontext
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -106,7 +107,9 @@ def evaluate_held_out(
     model.eval()
     try:
         while (batch := gen.next_batch()) is not None:
-            image, seed, labels, weights = (t.to(device).contiguous(memory_format=fmt) for t in (batch.image, batch.seed, batch.labels, batch.weights))
+            image, seed, labels, weights = (
+                t.to(device).contiguous(memory_format=fmt) for t in (batch.image, batch.seed, batch.labels, batch.weights)
+            )
             amp = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
             with amp:
                 logits = model(image, seed)
@@ -117,4 +120,3 @@ def evaluate_held_out(
     out = tracker.summary()
     out["fovs_per_s"] = tracker.fovs / max(time.perf_counter() - t0, 1e-9)
     return out
-

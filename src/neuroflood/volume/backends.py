@@ -61,10 +61,7 @@ class H5Volume(_WrappedArrayVolume):
             names = []
             self._file.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
             self._file.close()
-            raise VolumeError(
-                f"no dataset {dataset!r} in {path} (has: {', '.join(names) or 'none'}); "
-                f"name one of those after ':'"
-            )
+            raise VolumeError(f"no dataset {dataset!r} in {path} (has: {', '.join(names) or 'none'}); name one of those after ':'")
         self._arr = self._file[dataset]
         super().__init__(spec, self._arr.shape, self._arr.dtype, writable=mode != "r")
 

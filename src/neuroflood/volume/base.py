@@ -10,7 +10,8 @@ volume and the region.
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -67,9 +68,7 @@ class Volume:
         try:
             value = np.broadcast_to(value, want)
         except ValueError:
-            raise VolumeError(
-                f"cannot write an array of shape {value.shape} into region {want} of {self.spec}"
-            ) from None
+            raise VolumeError(f"cannot write an array of shape {value.shape} into region {want} of {self.spec}") from None
         try:
             self._write(slices, value.astype(self.dtype, copy=False))
         except VolumeError:
@@ -88,7 +87,7 @@ class Volume:
     def close(self) -> None:
         """Release file handles (a no-op for most backends)."""
 
-    def __enter__(self) -> "Volume":
+    def __enter__(self) -> Volume:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -124,10 +123,7 @@ class Volume:
             if isinstance(k, (int, np.integer)):
                 k = int(k)
                 if not 0 <= k < n:
-                    raise VolumeError(
-                        f"index {k} on axis {axis} is outside {self.spec} (shape {self.shape}); "
-                        "read inside the volume"
-                    )
+                    raise VolumeError(f"index {k} on axis {axis} is outside {self.spec} (shape {self.shape}); read inside the volume")
                 slices.append(slice(k, k + 1))
                 squeeze.append(0)
             elif isinstance(k, slice):
@@ -137,8 +133,7 @@ class Volume:
                 stop = n if k.stop is None else int(k.stop)
                 if start < 0 or stop > n or stop < start:
                     raise VolumeError(
-                        f"slice {start}:{stop} on axis {axis} is outside {self.spec} "
-                        f"(shape {self.shape}); clip the region to the volume"
+                        f"slice {start}:{stop} on axis {axis} is outside {self.spec} (shape {self.shape}); clip the region to the volume"
                     )
                 slices.append(slice(start, stop))
                 squeeze.append(slice(None))

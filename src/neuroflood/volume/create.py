@@ -11,8 +11,9 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -71,9 +72,7 @@ def _create_volume(
                 if not overwrite:
                     raise VolumeError(f"{spec} already exists; choose another name or pass overwrite")
                 del f[ds]
-            f.create_dataset(
-                ds, shape=shape, dtype=dtype, chunks=chunks, compression=compression, fillvalue=fill_value
-            )
+            f.create_dataset(ds, shape=shape, dtype=dtype, chunks=chunks, compression=compression, fillvalue=fill_value)
         return H5Volume(spec, path, ds, "r+")
     if kind == "zarr":
         import zarr
@@ -82,19 +81,28 @@ def _create_volume(
         comp = {}
         if compression is None:
             comp = {"compressors": None}
-        arr = zarr.create_array(
-            store=root,
-            name=name or None,
-            shape=shape,
-            dtype=dtype,
-            chunks=chunks,
-            fill_value=fill_value,
-            overwrite=overwrite,
-            zarr_format=2,
-            **comp,
-        ) if _zarr_major() >= 3 else zarr.open(
-            store=root, path=name or None, mode="w" if overwrite else "w-", shape=shape,
-            dtype=dtype, chunks=chunks, fill_value=fill_value,
+        arr = (
+            zarr.create_array(
+                store=root,
+                name=name or None,
+                shape=shape,
+                dtype=dtype,
+                chunks=chunks,
+                fill_value=fill_value,
+                overwrite=overwrite,
+                zarr_format=2,
+                **comp,
+            )
+            if _zarr_major() >= 3
+            else zarr.open(
+                store=root,
+                path=name or None,
+                mode="w" if overwrite else "w-",
+                shape=shape,
+                dtype=dtype,
+                chunks=chunks,
+                fill_value=fill_value,
+            )
         )
         return ZarrVolume(spec, arr, True)
     if kind == "n5":
@@ -213,9 +221,7 @@ def _write_volume(spec: str, data: np.ndarray, chunks, overwrite: bool, attrs: d
                 if tmp in f:  # left by a process that was killed outright
                     del f[tmp]
                 try:
-                    d = f.create_dataset(
-                        tmp, data=data, chunks=chunks or default_chunks(data.shape), compression="gzip"
-                    )
+                    d = f.create_dataset(tmp, data=data, chunks=chunks or default_chunks(data.shape), compression="gzip")
                     d.attrs.update(attrs or {})
                     if ds in f:
                         del f[ds]
@@ -229,9 +235,7 @@ def _write_volume(spec: str, data: np.ndarray, chunks, overwrite: bool, attrs: d
         normal_permissions(tmp_path)
         try:
             with h5py.File(tmp_path, "w") as f:
-                d = f.create_dataset(
-                    ds, data=data, chunks=chunks or default_chunks(data.shape), compression="gzip"
-                )
+                d = f.create_dataset(ds, data=data, chunks=chunks or default_chunks(data.shape), compression="gzip")
                 d.attrs.update(attrs or {})
             os.replace(tmp_path, path)
         finally:

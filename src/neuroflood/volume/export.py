@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from collections.abc import Sequence
 from contextlib import contextmanager
-from typing import Sequence
 
 import numpy as np
 
@@ -52,23 +52,25 @@ def copy_volume(
     _check_copyable(src_vol)
     dst = os.fspath(dst)
     target = _Target(dst)
-    if target.kind == "h5" and isinstance(src_vol, H5Volume) and os.path.exists(target.file) and os.path.samefile(src_vol.filename, target.file):
+    if (
+        target.kind == "h5"
+        and isinstance(src_vol, H5Volume)
+        and os.path.exists(target.file)
+        and os.path.samefile(src_vol.filename, target.file)
+    ):
         raise VolumeError(f"{dst} is in the HDF5 file that {src} is read from; export into another file")
     if target.exists():
         if not overwrite:
             raise VolumeError(f"{dst} already exists; choose another name or pass --overwrite")
         if not target.exported():
             raise VolumeError(
-                f"{dst} exists and was not written by neuroflood export, so --overwrite will not replace it; "
-                "choose another destination"
+                f"{dst} exists and was not written by neuroflood export, so --overwrite will not replace it; choose another destination"
             )
     chunks = tuple(min(b, s) for b, s in zip(block, src_vol.shape[:3])) + tuple(src_vol.shape[3:])
     shape3 = src_vol.shape[:3]
     boxes = [
         BoundingBox.from_start_stop(start, [min(a + b, s) for a, b, s in zip(start, block, shape3)])
-        for start in (
-            [i * b for i, b in zip(idx, block)] for idx in np.ndindex(*[-(-s // b) for s, b in zip(shape3, block)])
-        )
+        for start in ([i * b for i, b in zip(idx, block)] for idx in np.ndindex(*[-(-s // b) for s, b in zip(shape3, block)]))
     ]
     with target.staged() as tmp_spec:
         out = create_volume(tmp_spec, src_vol.shape, src_vol.dtype, chunks=chunks, overwrite=True)

@@ -52,9 +52,7 @@ def open_volume(spec: str | os.PathLike, mode: str = "r") -> Volume:
         if kind == "precomputed":
             path = spec[len("precomputed://") :]
             require_file(os.path.join(path, "info"), spec)
-            store = open_tensorstore(
-                {"driver": "neuroglancer_precomputed", "kvstore": file_kvstore(path), "scale_index": 0}, writable
-            )
+            store = open_tensorstore({"driver": "neuroglancer_precomputed", "kvstore": file_kvstore(path), "scale_index": 0}, writable)
             return TensorstoreVolume(spec, store, writable, xyz=True)
         if kind == "stack":
             files = sorted(glob.glob(spec))
@@ -84,15 +82,10 @@ def _open_zarr(spec: str, writable: bool) -> ZarrVolume:
     try:
         node = zarr.open(store=root, mode="r+" if writable else "r", path=name or None)
     except (FileNotFoundError, KeyError, ValueError) as e:
-        raise VolumeError(
-            f"no zarr array {name!r} in {root} ({e}); name an existing array after the .zarr/"
-        ) from None
+        raise VolumeError(f"no zarr array {name!r} in {root} ({e}); name an existing array after the .zarr/") from None
     if not hasattr(node, "shape") or not hasattr(node, "dtype"):
         names = sorted(k for k, _ in node.arrays()) if hasattr(node, "arrays") else []
-        raise VolumeError(
-            f"{spec!r} is a zarr group, not an array (arrays: {', '.join(names) or 'none'}); "
-            "name one after the .zarr/"
-        )
+        raise VolumeError(f"{spec!r} is a zarr group, not an array (arrays: {', '.join(names) or 'none'}); name one after the .zarr/")
     return ZarrVolume(spec, node, writable)
 
 

@@ -21,7 +21,8 @@ TIFF_SUFFIXES = (".tif", ".tiff")
 
 def split_container(spec: str, suffixes: tuple[str, ...]) -> tuple[str, str] | None:
     """Split ``a/b.zarr/c/d`` into (``a/b.zarr``, ``c/d``) at the first container suffix."""
-    m = re.search(r"^(.*?(?:%s))(?:/(.*))?$" % "|".join(re.escape(s) for s in suffixes), spec)
+    alternatives = "|".join(re.escape(s) for s in suffixes)
+    m = re.search(rf"^(.*?(?:{alternatives}))(?:/(.*))?$", spec)
     if not m:
         return None
     return m.group(1), (m.group(2) or "").strip("/")

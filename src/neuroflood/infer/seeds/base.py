@@ -16,8 +16,9 @@ unchanged). The seed policies do no file I/O.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -91,7 +92,7 @@ class SeedPolicy:
     def resolve_args(
         cls,
         args: dict[str, Any],
-        resolve: Callable[..., "SeedPolicyFactory"],
+        resolve: Callable[..., SeedPolicyFactory],
         load_origins: Callable[[str], dict] | None = None,
     ) -> dict[str, Any]:
         """``args`` as the policy takes them: policies they name resolved by ``resolve(name,
@@ -101,11 +102,11 @@ class SeedPolicy:
     @classmethod
     def in_job(
         cls,
-        policy: "SeedPolicyFactory",
+        policy: SeedPolicyFactory,
         job_box: BoundingBox | None,
         canvas_box: BoundingBox,
         image_beyond: Callable[[], ImageView] | None = None,
-    ) -> "SeedPolicyFactory":
+    ) -> SeedPolicyFactory:
         """The policy to use for the canvas ``canvas_box`` (global) of a job over ``job_box``.
 
         Default: ``policy`` unchanged. See :meth:`SeedPolicyFactory.in_job`.
@@ -127,7 +128,7 @@ class SeedPolicy:
         inside = np.all((coords - margin >= 0) & (coords + margin < np.asarray(self.canvas.shape)), axis=1)
         self.coords = coords[inside]
 
-    def __iter__(self) -> "SeedPolicy":
+    def __iter__(self) -> SeedPolicy:
         return self
 
     def __next__(self) -> tuple[int, int, int]:
@@ -193,7 +194,7 @@ class SeedPolicyFactory:
         job_box: BoundingBox | None,
         canvas_box: BoundingBox,
         image_beyond: Callable[[], ImageView] | None = None,
-    ) -> "SeedPolicyFactory":
+    ) -> SeedPolicyFactory:
         """The policy to use for one block's canvas, placed in the job.
 
         ``job_box``: the whole job's box (global; None: unknown, grids then anchor at the

@@ -7,7 +7,8 @@ spec (``segmentation='SPEC'``) is read into origins when the policy is resolved,
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 

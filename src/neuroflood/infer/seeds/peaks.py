@@ -10,7 +10,8 @@ subvolume over the job's box would.
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import edt
 import numpy as np
@@ -147,7 +148,7 @@ def subvolume_noise(subvolume_shape: Sequence[int], start: Sequence[int], shape:
         n = min(skip, 1 << 24)
         rng.rand(n)
         skip -= n
-    planes = [rng.rand(ny, nx)[start[1]:start[1] + shape[1], start[2]:start[2] + shape[2]] for _ in range(int(shape[0]))]
+    planes = [rng.rand(ny, nx)[start[1] : start[1] + shape[1], start[2] : start[2] + shape[2]] for _ in range(int(shape[0]))]
     return np.stack(planes) * 1e-4
 
 
@@ -199,6 +200,15 @@ class PolicyFillEmptySpace(SeedPolicy):
 
 
 __all__ = [
-    "PEAKS_CONTEXT", "SUBVOLUME_NOISE_VOXELS", "PolicyFillEmptySpace", "PolicyPeaks", "PolicyPeaks2d", "distance_peaks",
-    "edges", "find_peaks", "position_noise", "sorted_rows", "subvolume_noise",
+    "PEAKS_CONTEXT",
+    "SUBVOLUME_NOISE_VOXELS",
+    "PolicyFillEmptySpace",
+    "PolicyPeaks",
+    "PolicyPeaks2d",
+    "distance_peaks",
+    "edges",
+    "find_peaks",
+    "position_noise",
+    "sorted_rows",
+    "subvolume_noise",
 ]

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import inspect
 import itertools
+from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import skimage.feature
@@ -80,8 +81,12 @@ class PolicyImagePeaks2DDisk(SeedPolicy):
         coords = []
         for z in range(img.shape[0]):
             peaks = skimage.feature.peak_local_max(
-                img[z], min_distance=self.min_distance_2d, p_norm=2, threshold_rel=self.threshold_rel,
-                exclude_border=True, footprint=footprint,
+                img[z],
+                min_distance=self.min_distance_2d,
+                p_norm=2,
+                threshold_rel=self.threshold_rel,
+                exclude_border=True,
+                footprint=footprint,
             )
             coords += [(z, y, x) for y, x in peaks]
         return np.array(coords, np.int64).reshape(-1, 3)
@@ -114,7 +119,9 @@ class PolicyGrid3d(GridPolicy):
     is where the grids are anchored.
     """
 
-    def __init__(self, canvas: SeedCanvas, step: int = 16, offsets: Sequence[int] = (0, 8, 4, 12, 2, 10, 14), origin: Sequence[int] = (0, 0, 0)):
+    def __init__(
+        self, canvas: SeedCanvas, step: int = 16, offsets: Sequence[int] = (0, 8, 4, 12, 2, 10, 14), origin: Sequence[int] = (0, 0, 0)
+    ):
         super().__init__(canvas)
         self.step = int(step)
         self.offsets = tuple(int(o) for o in offsets)
@@ -150,7 +157,9 @@ class PolicyGrid2d(GridPolicy):
     ``origin``: as for :class:`PolicyGrid3d` (its z is not used).
     """
 
-    def __init__(self, canvas: SeedCanvas, step: int = 16, offsets: Sequence[int] = (0, 8, 4, 12, 2, 6, 10, 14), origin: Sequence[int] = (0, 0, 0)):
+    def __init__(
+        self, canvas: SeedCanvas, step: int = 16, offsets: Sequence[int] = (0, 8, 4, 12, 2, 6, 10, 14), origin: Sequence[int] = (0, 0, 0)
+    ):
         super().__init__(canvas)
         self.step = int(step)
         self.offsets = tuple(int(o) for o in offsets)
@@ -239,8 +248,7 @@ class SequentialPolicies(SeedPolicy):
         if not policies:
             raise ConfigError("SequentialPolicies needs a non-empty policies list of [name, {args}] pairs")
         self.policies = [
-            (item if isinstance(item, SeedPolicyFactory) else resolve_seed_policy(*_name_and_args(item)))(canvas)
-            for item in policies
+            (item if isinstance(item, SeedPolicyFactory) else resolve_seed_policy(*_name_and_args(item)))(canvas) for item in policies
         ]
 
     @classmethod
@@ -283,9 +291,19 @@ def _name_and_args(item: Any) -> tuple[str, dict[str, Any]]:
 SEED_POLICIES: dict[str, type[SeedPolicy]] = {
     cls.__name__: cls
     for cls in (
-        PolicyPeaks, PolicyPeaks2d, PolicyFillEmptySpace, PolicyMax, PolicyMaxPeaks, PolicyImagePeaks3D2D,
-        PolicyImagePeaks2DDisk, PolicyGrid3d, PolicyGrid2d, PolicyInvertOrigins, PolicyDenseSeeds,
-        ReverseCoords, SequentialPolicies,
+        PolicyPeaks,
+        PolicyPeaks2d,
+        PolicyFillEmptySpace,
+        PolicyMax,
+        PolicyMaxPeaks,
+        PolicyImagePeaks3D2D,
+        PolicyImagePeaks2DDisk,
+        PolicyGrid3d,
+        PolicyGrid2d,
+        PolicyInvertOrigins,
+        PolicyDenseSeeds,
+        ReverseCoords,
+        SequentialPolicies,
     )
 }
 # The reference manual's name for PolicyInvertOrigins.
@@ -303,9 +321,7 @@ def check_seed_policy(name: str, kwargs: dict[str, Any] | None = None) -> None:
     unknown = sorted(set(kwargs or {}) - set(params) - {"self"})
     if unknown:
         allowed = [p for p in params if p not in ("self", "canvas")]
-        raise ConfigError(
-            f"seed policy {name} has no argument {', '.join(unknown)}; it takes: {', '.join(allowed) or 'none'}"
-        )
+        raise ConfigError(f"seed policy {name} has no argument {', '.join(unknown)}; it takes: {', '.join(allowed) or 'none'}")
 
 
 def resolve_seed_policy(
@@ -328,7 +344,18 @@ def make_seed_policy(name: str, canvas: SeedCanvas, kwargs: dict[str, Any] | Non
 
 
 __all__ = [
-    "SEED_POLICIES", "GridPolicy", "PolicyDenseSeeds", "PolicyGrid2d", "PolicyGrid3d", "PolicyImagePeaks2DDisk",
-    "PolicyImagePeaks3D2D", "PolicyMax", "PolicyMaxPeaks", "ReverseCoords", "SequentialPolicies", "check_seed_policy",
-    "make_seed_policy", "resolve_seed_policy",
+    "SEED_POLICIES",
+    "GridPolicy",
+    "PolicyDenseSeeds",
+    "PolicyGrid2d",
+    "PolicyGrid3d",
+    "PolicyImagePeaks2DDisk",
+    "PolicyImagePeaks3D2D",
+    "PolicyMax",
+    "PolicyMaxPeaks",
+    "ReverseCoords",
+    "SequentialPolicies",
+    "check_seed_policy",
+    "make_seed_policy",
+    "resolve_seed_policy",
 ]
