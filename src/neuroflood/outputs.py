@@ -151,16 +151,14 @@ def container_path(spec: str) -> str:
 FILES_MANIFEST = ".neuroflood-files.json"
 
 
-def claim_files(directory: str | os.PathLike, names: list[str] | tuple[str, ...], command: str) -> None:
-    """Record ``names`` in ``directory`` as ``command``'s files; refuse files someone else wrote.
+def check_files(directory: str | os.PathLike, names: list[str] | tuple[str, ...], command: str) -> None:
+    """Refuse if one of ``names`` exists in ``directory`` and ``command`` did not write it.
 
     For commands that write a few named files into a directory that may hold other things
     (``evaluate``, ``report``, ``study``): a file that exists and that no earlier run of the same
     command wrote (per the directory's manifest, :data:`FILES_MANIFEST`) is never replaced.
-    Call it before the work, so that a refusal costs nothing.
+    Call it before the work, so that a refusal costs nothing; it writes nothing.
     """
-    from .atomic import atomic_write_text
-
     folder = Path(directory)
     manifest = _read_manifest(folder)
     for name in names:
@@ -169,7 +167,14 @@ def claim_files(directory: str | os.PathLike, names: list[str] | tuple[str, ...]
                 f"{folder / name} exists and was not written by neuroflood {command}, which never replaces "
                 "files it did not write; choose another output directory"
             )
-    folder.mkdir(parents=True, exist_ok=True)
+
+
+def record_files(directory: str | os.PathLike, names: list[str] | tuple[str, ...], command: str) -> None:
+    """Note in ``directory``'s manifest that ``command`` wrote ``names`` (after writing them)."""
+    from .atomic import atomic_write_text
+
+    folder = Path(directory)
+    manifest = _read_manifest(folder)
     manifest.update({name: command for name in names})
     atomic_write_text(folder / FILES_MANIFEST, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
 
@@ -180,3 +185,15 @@ def _read_manifest(folder: Path) -> dict[str, str]:
     except (OSError, ValueError):
         return {}
     return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+
+def check_writable_location(path: str | os.PathLike, what: str) -> None:
+    """Raise ConfigError unless the nearest existing folder above ``path`` is a writable directory
+    (so that ``path`` and the folders up to it can be created)."""
+    parent = Path(os.path.abspath(path)).parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"{what} {path}: {parent} is a file, not a directory; choose another location")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"{what} {path}: cannot write in {parent} (permission denied); choose a writable location")

@@ -24,6 +24,7 @@ import numpy as np
 from .. import __version__
 from ..atomic import atomic_file
 from ..errors import ConfigError
+from ..outputs import check_writable_location
 
 __all__ = [
     "Report",
@@ -143,27 +144,17 @@ class Report:
         """Write report.html, report.md, the PNGs and ``extra`` files into ``out_dir``.
 
         ``command`` (``"evaluate"``, ``"report"``) owns them: files in ``out_dir`` that another
-        command or the user wrote are never replaced (:func:`neuroflood.outputs.claim_files`).
+        command or the user wrote are never replaced (:func:`neuroflood.outputs.check_files`).
         """
-        from ..outputs import claim_files
+        from ..outputs import check_files, record_files
 
         files = {"report.html": self.to_html().encode(), "report.md": self.to_markdown().encode(), **self.figures}
         files.update(extra or {})
         check_output_dir(out_dir)
-        claim_files(out_dir, sorted(files), command)
-        return write_atomically(out_dir, files)
-
-
-def check_writable_location(path: str | os.PathLike, what: str) -> None:
-    """Raise ConfigError unless the nearest existing folder above ``path`` is a writable directory
-    (so that ``path`` and the folders up to it can be created)."""
-    parent = Path(os.path.abspath(path)).parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise ConfigError(f"{what} {path}: {parent} is a file, not a directory; choose another location")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError(f"{what} {path}: cannot write in {parent} (permission denied); choose a writable location")
+        check_files(out_dir, sorted(files), command)
+        out = write_atomically(out_dir, files)
+        record_files(out_dir, sorted(files), command)
+        return out
 
 
 def check_output_dir(path: str | os.PathLike, what: str = "--out") -> None:
@@ -308,44 +299,8 @@ def write_evaluation_report(
     if gallery is not None:
         report.figure("worst_errors", to_png(gallery), "Close-ups of the largest merges and splits, centred on the listed coordinate (+).")
     report.figure("sizes", to_png(size_histogram_figure(table)), "Sizes of ground-truth objects and segments inside the labelled region.")
-    report.heading("Largest false merges")
-    report.paragraph(
-        f"A segment overlapping at least two objects by {min_error_voxels} voxels or more; size = its voxels outside its main object."
-    )
-    report.table(
-        ["segment", "voxels", "merge voxels", "objects", "largest objects (id: voxels)", "z, y, x"],
-        [
-            [
-                e["segment"],
-                e["segment_voxels"],
-                e["error_voxels"],
-                e["n_gt_objects"],
-                ", ".join(f"{o['id']}: {o['voxels']:,}" for o in e["gt_objects"][:4]),
-                _coord(e),
-            ]
-            for e in errors["merges"]
-        ]
-        or [["none", "", "", "", "", ""]],
-    )
-    report.heading("Largest false splits")
-    report.paragraph(
-        f"An object overlapping at least two segments by {min_error_voxels} voxels or more; size = its voxels outside its main segment."
-    )
-    report.table(
-        ["object", "voxels", "split voxels", "segments", "largest segments (id: voxels)", "z, y, x"],
-        [
-            [
-                e["gt_object"],
-                e["gt_voxels"],
-                e["error_voxels"],
-                e["n_segments"],
-                ", ".join(f"{o['id']}: {o['voxels']:,}" for o in e["segments"][:4]),
-                _coord(e),
-            ]
-            for e in errors["splits"]
-        ]
-        or [["none", "", "", "", "", ""]],
-    )
+    _error_table(report, "Largest false merges", "segment", "objects", errors["merges"], min_error_voxels)
+    _error_table(report, "Largest false splits", "object", "segments", errors["splits"], min_error_voxels)
     report.paragraph("Coordinates are z, y, x voxels in the ground-truth volume; look at them with `neuroflood view`.")
     report.write(out_dir, "evaluate", {"metrics.json": (json.dumps(result, indent=2) + "\n").encode()})
     return result
@@ -382,3 +337,26 @@ figure img{max-width:100%;border:1px solid #ddd}
 figcaption{font-size:13px;color:#555;max-width:1000px}
 footer{margin-top:3em;font-size:12px;color:#888}
 """
+
+
+def _error_table(report: Report, title: str, piece: str, parts: str, errors: list[dict], min_voxels: int) -> None:
+    """A table of the largest false merges (a segment over objects) or splits (the reverse)."""
+    key, size, count, members = (
+        ("segment", "segment_voxels", "n_gt_objects", "gt_objects")
+        if piece == "segment"
+        else ("gt_object", "gt_voxels", "n_segments", "segments")
+    )
+    kind = "merge" if piece == "segment" else "split"
+    owner = "object" if piece == "segment" else "segment"
+    report.heading(title)
+    report.paragraph(
+        f"A{'n' if piece == 'object' else ''} {piece} overlapping at least two {parts} by {min_voxels} voxels or more; "
+        f"size = its voxels outside its main {owner}."
+    )
+    rows = [
+        [e[key], e[size], e["error_voxels"], e[count], ", ".join(f"{o['id']}: {o['voxels']:,}" for o in e[members][:4]), _coord(e)]
+        for e in errors
+    ]
+    report.table(
+        [piece, "voxels", f"{kind} voxels", parts, f"largest {parts} (id: voxels)", "z, y, x"], rows or [["none", "", "", "", "", ""]]
+    )

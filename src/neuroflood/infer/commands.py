@@ -107,7 +107,8 @@ def _segment(args: argparse.Namespace) -> int:
     import torch
 
     from ..config import load_config_file
-    from ..evaluate.report import check_output_file, check_writable_location
+    from ..evaluate.report import check_output_file
+    from ..outputs import check_writable_location
     from .config import BlockwiseConfig, InferenceRequest
     from .segment import output_lock_target, segment_volume
 
@@ -293,7 +294,7 @@ def _consensus(args: argparse.Namespace) -> int:
             finally:
                 vol.close()
 
-    from ..evaluate.report import check_writable_location
+    from ..outputs import check_writable_location
     from .segment import output_lock_target
 
     for name, value in (("--split-min-size", args.split_min_size), ("--min-size", args.min_size)):

@@ -240,6 +240,8 @@ def import_tf(prefix: str | os.PathLike, out_dir: str | os.PathLike, config: Mod
 
 
 def _check_model_output(out_dir: str | os.PathLike) -> Path:
+    from ..outputs import check_writable_location
+
     """Refuse an output that cannot be written or that is not ours to replace, before any work."""
     text = os.fspath(out_dir)
     if not text.strip():
@@ -254,13 +256,7 @@ def _check_model_output(out_dir: str | os.PathLike) -> Path:
             raise ConfigError(
                 f"{out} holds other files (not a neuroflood model checkpoint), which would be replaced; choose another output directory"
             )
-    parent = out.absolute().parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise ConfigError(f"cannot create {out}: {parent} is a file, not a directory; choose another output directory")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError(f"cannot create {out}: {parent} is not writable; choose a writable output directory")
+    check_writable_location(out, "output directory")
     return out
 
 

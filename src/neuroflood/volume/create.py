@@ -50,13 +50,7 @@ def create_volume(
 
 
 def _create_volume(
-    spec: str,
-    shape: Sequence[int],
-    dtype: Any,
-    chunks: Sequence[int] | None = None,
-    compression: str | None = "gzip",
-    fill_value: int | float = 0,
-    overwrite: bool = False,
+    spec: str, shape: Sequence[int], dtype: Any, chunks: Any, compression: str | None, fill_value: float, overwrite: bool
 ) -> Volume:
     shape = tuple(int(s) for s in shape)
     dtype = np.dtype(dtype)

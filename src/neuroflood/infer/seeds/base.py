@@ -74,6 +74,10 @@ class ImageView:
         return BoundingBox(tuple(self.corner), self.image.shape)
 
 
+# Builds the image view around a block's canvas on demand (policies that look beyond it).
+ImageSource = Callable[[], ImageView] | None
+
+
 class SeedPolicy:
     """Base class: lazy coordinates, image-margin filtering and checkpoint state."""
 
@@ -101,11 +105,7 @@ class SeedPolicy:
 
     @classmethod
     def in_job(
-        cls,
-        policy: SeedPolicyFactory,
-        job_box: BoundingBox | None,
-        canvas_box: BoundingBox,
-        image_beyond: Callable[[], ImageView] | None = None,
+        cls, policy: SeedPolicyFactory, job_box: BoundingBox | None, canvas_box: BoundingBox, image_beyond: ImageSource = None
     ) -> SeedPolicyFactory:
         """The policy to use for the canvas ``canvas_box`` (global) of a job over ``job_box``.
 

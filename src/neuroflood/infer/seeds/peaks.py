@@ -10,7 +10,7 @@ subvolume over the job's box would.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import edt
@@ -19,7 +19,7 @@ import skimage.feature
 from scipy import ndimage
 
 from ...bbox import BoundingBox
-from .base import ImageView, SeedCanvas, SeedPolicy, SeedPolicyFactory, exclusion_mask
+from .base import ImageSource, SeedCanvas, SeedPolicy, SeedPolicyFactory, exclusion_mask
 from .explicit import explicit_seeds
 
 # How far beyond a block's canvas PolicyPeaks looks: the reach of its edge filter (a Gaussian
@@ -77,11 +77,7 @@ class PolicyPeaks(SeedPolicy):
 
     @classmethod
     def in_job(
-        cls,
-        policy: SeedPolicyFactory,
-        job_box: BoundingBox | None,
-        canvas_box: BoundingBox,
-        image_beyond: Callable[[], ImageView] | None = None,
+        cls, policy: SeedPolicyFactory, job_box: BoundingBox | None, canvas_box: BoundingBox, image_beyond: ImageSource = None
     ) -> SeedPolicyFactory:
         """The peaks of the image around the canvas that lie in the canvas, as explicit seeds.
 

@@ -18,7 +18,7 @@ import skimage.morphology
 
 from ...bbox import BoundingBox
 from ...errors import ConfigError
-from .base import ImageView, SeedCanvas, SeedPolicy, SeedPolicyFactory
+from .base import ImageSource, SeedCanvas, SeedPolicy, SeedPolicyFactory
 from .explicit import PolicyInvertOrigins
 from .peaks import (
     PolicyFillEmptySpace,
@@ -99,11 +99,7 @@ class GridPolicy(SeedPolicy):
 
     @classmethod
     def in_job(
-        cls,
-        policy: SeedPolicyFactory,
-        job_box: BoundingBox | None,
-        canvas_box: BoundingBox,
-        image_beyond: Callable[[], ImageView] | None = None,
+        cls, policy: SeedPolicyFactory, job_box: BoundingBox | None, canvas_box: BoundingBox, image_beyond: ImageSource = None
     ) -> SeedPolicyFactory:
         if "origin" in policy.args:
             return policy
@@ -221,11 +217,7 @@ class ReverseCoords(SeedPolicy):
 
     @classmethod
     def in_job(
-        cls,
-        policy: SeedPolicyFactory,
-        job_box: BoundingBox | None,
-        canvas_box: BoundingBox,
-        image_beyond: Callable[[], ImageView] | None = None,
+        cls, policy: SeedPolicyFactory, job_box: BoundingBox | None, canvas_box: BoundingBox, image_beyond: ImageSource = None
     ) -> SeedPolicyFactory:
         inner = policy.args["policy_to_reverse"]
         placed = inner.in_job(job_box, canvas_box, image_beyond)
@@ -266,11 +258,7 @@ class SequentialPolicies(SeedPolicy):
 
     @classmethod
     def in_job(
-        cls,
-        policy: SeedPolicyFactory,
-        job_box: BoundingBox | None,
-        canvas_box: BoundingBox,
-        image_beyond: Callable[[], ImageView] | None = None,
+        cls, policy: SeedPolicyFactory, job_box: BoundingBox | None, canvas_box: BoundingBox, image_beyond: ImageSource = None
     ) -> SeedPolicyFactory:
         inner = policy.args["policies"]
         placed = [p.in_job(job_box, canvas_box, image_beyond) for p in inner]
