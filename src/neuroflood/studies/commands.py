@@ -13,7 +13,7 @@ import sys
 from typing import Any
 
 from ..errors import ConfigError
-from ..outputs import claim_files
+from ..outputs import check_files, record_files
 
 
 def _ints(text: str) -> list[int]:
@@ -237,14 +237,20 @@ def _start(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)  # once, at process start (emulated runs in this process)
 
 
-def _done(path: str) -> int:
-    print(f"wrote {path}", file=sys.stderr)
+def _done(paths: str) -> int:
+    """Report the files a study wrote (comma-separated) and record them as the study's own."""
+    from pathlib import Path
+
+    written = [Path(p.strip()) for p in paths.split(",") if p.strip()]
+    for folder in {p.parent for p in written}:
+        record_files(folder, [p.name for p in written if p.parent == folder], "study")
+    print(f"wrote {paths}", file=sys.stderr)
     return 0
 
 
 def _scaling(args: argparse.Namespace) -> int:
     _start(args)
-    claim_files(args.out, ("scaling.json", "scaling.png"), "study")
+    check_files(args.out, ("scaling.json", "scaling.png"), "study")
     from .scaling import run_scaling
 
     rows = run_scaling(
@@ -270,7 +276,7 @@ def _scaling(args: argparse.Namespace) -> int:
 
 def _lr_scaling(args: argparse.Namespace) -> int:
     _start(args)
-    claim_files(args.out, ("lr_scaling.json", "lr_scaling_f1.png", "lr_scaling_accuracy.png"), "study")
+    check_files(args.out, ("lr_scaling.json", "lr_scaling_f1.png", "lr_scaling_accuracy.png"), "study")
     from .lr_scaling import run_lr_scaling
 
     run_lr_scaling(
@@ -289,7 +295,7 @@ def _lr_scaling(args: argparse.Namespace) -> int:
 
 def _batch_size(args: argparse.Namespace) -> int:
     _start(args)
-    claim_files(args.out, ("batch_size.json", "batch_size.png"), "study")
+    check_files(args.out, ("batch_size.json", "batch_size.png"), "study")
     from .batch_size import run_batch_size
 
     run_batch_size(
@@ -309,7 +315,7 @@ def _batch_size(args: argparse.Namespace) -> int:
 
 def _optimizers(args: argparse.Namespace) -> int:
     _start(args)
-    claim_files(args.out, ("optimizers.json", "optimizers.png"), "study")
+    check_files(args.out, ("optimizers.json", "optimizers.png"), "study")
     from .optimizers import run_optimizers
 
     run_optimizers(
