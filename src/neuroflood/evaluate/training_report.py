@@ -8,6 +8,10 @@ Reads (the contract with the trainer):
     ``precision``, ``recall``, ``f1``; optionally ``lr`` (or ``learning_rate``). Missing or
     null values are skipped; a
     truncated last line (a run still writing) is ignored.
+    Train records of ``neuroflood train`` also hold the per-rank step timing
+    (``step_time_p50``, ``step_time_p90``, ``step_time_max``, ``step_time_cv``,
+    ``allreduce_wait_s``, ``data_s``, ``compute_s``); when present they are plotted against
+    wall time.
 ``RUN_DIR/config.json``
     The run's configuration (optional), shown as a table.
 ``RUN_DIR/samples/*.npz`` (optional)
@@ -36,6 +40,7 @@ from .report import Report
 __all__ = ["read_metrics_log", "write_training_report", "check_run_dir", "CURVE_METRICS"]
 
 CURVE_METRICS = ("loss", "accuracy", "precision", "recall", "f1", "fovs_per_s")
+TIMING_METRICS = ("step_time_p50", "step_time_p90", "step_time_max", "step_time_cv", "allreduce_wait_s", "data_s", "compute_s")
 LR_KEYS = ("lr", "learning_rate")  # the contract's name, and the one neuroflood train writes
 MAX_SAMPLES = 6
 
@@ -108,6 +113,18 @@ def write_training_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike
             "lr_schedule", to_png(curves_figure(lr, "step", "Learning rate", ncols=1, smooth=False)), "Learning rate against step."
         )
 
+    hours = _hours(records)
+    timing = _series(records, "time_s", keys=TIMING_METRICS, splits=("train",), scale=1 / 3600 if hours else 1)
+    if timing:
+        report.heading("Step timing over ranks")
+        report.figure(
+            "step_timing",
+            to_png(curves_figure(timing, "wall time (hours)" if hours else "wall time (s)", "Per-rank step timing", smooth=False)),
+            "Per summary interval, over every rank and step: percentiles, maximum and coefficient of variation of a "
+            "rank's work per step (example generation + forward/backward/update, without waiting for other ranks), "
+            "and the mean seconds per step spent waiting in the gradient all-reduce, generating examples (data_s) "
+            "and computing (compute_s). Raw per-rank times: RUN_DIR/step_times.jsonl.",
+        )
     samples, skipped = _read_samples(run / "samples")
     report.heading("Predictions against labels")
     for note in skipped:

@@ -104,6 +104,12 @@ class TrainConfig(Config):
     )
     channels_last: bool = Field(True, description="channels-last 3-D memory format (faster conv3d with oneDNN/cuDNN)")
     threads: int | None = Field(None, ge=1, description="torch CPU threads, set once at process start (default: torch's)")
+    inject_jitter_s: float = Field(
+        0.0,
+        ge=0,
+        description="measurement aid: each rank sleeps an extra Exp(mean) seconds per step (seeded per rank); "
+        "for validating the scaling model, never for real training",
+    )
 
     # --- logging, evaluation and checkpoints (ffn-algorithms.md §2.6, §2.8) ------------------
     summary_every_secs: float = Field(120.0, gt=0, description="seconds between train metric summaries")

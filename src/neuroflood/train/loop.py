@@ -19,7 +19,8 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ from .optim import build_optimizer, learning_rate, lr_scale
 from .patches import PatchSource
 from .rundir import hold_run_dir, prepare_run_dir, write_config
 from .step import evaluate_held_out, train_step
+from .timing import StepTimer, summarize_timing
 
 
 class TrainingDiverged(NeurofloodError):
@@ -100,21 +102,26 @@ def train(
                 now = time.perf_counter()
                 state.elapsed_s += now - t_step
                 log.track_step(loss, lr)
-                if summaries.due(state.step, now):
-                    result.last_train = log.summarize(state.step, state.elapsed_s)
+                stopping, summary_due, eval_due, checkpoint_due = run.agree(
+                    stop.signal is not None or run.out_of_time(),
+                    summaries.due(state.step, now),
+                    run.evaluates and evaluations.due(state.step, now),
+                    checkpoints.due(state.step, now),
+                )
+                if summary_due:
+                    result.last_train = log.summarize(state.step, state.elapsed_s, run.timing())
                     summaries.done()
-                if run.evaluates and evaluations.due(state.step, now):
-                    with log.paused():
-                        result.last_eval = log.write_eval(state.step, state.elapsed_s, run.evaluate())
+                if eval_due:
+                    with log.paused(), run.untimed():  # rank 0 evaluates, the others wait for it
+                        result.last_eval = log.write_eval(state.step, state.elapsed_s, run.evaluate()) if run.evaluates else {}
                     evaluations.done()
-                stopping, checkpoint_due = any_rank([stop.signal is not None or run.out_of_time(), checkpoints.due(state.step, now)])
                 if checkpoint_due:
-                    with log.paused():
+                    with log.paused(), run.untimed():
                         result.checkpoint = state.save(run_dir) or result.checkpoint
                     checkpoints.done()
             result.stopped_by = stop.signal
             if log.pending:
-                result.last_train = log.summarize(state.step, state.elapsed_s)
+                result.last_train = log.summarize(state.step, state.elapsed_s, run.timing())
             if state.saved_step != state.step:
                 result.checkpoint = state.save(run_dir) or result.checkpoint
             if stop.signal is None and run.evaluates and result.last_eval.get("step") != state.step:
@@ -153,6 +160,7 @@ class Run:
     device: torch.device
     resumed_from: Path | None
     writes: bool  # rank 0: writes the run directory and evaluates
+    timer: StepTimer  # where this rank's steps go (data, compute, wait)
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
@@ -164,11 +172,12 @@ class Run:
 
     def step(self, lr: float) -> float:
         """One optimizer step on the next batch of every generator; returns its loss."""
-        generators = self.state.generators
-        batches = [g.next_batch() for g in generators]
-        c = self.config
+        generators, timer, c = self.state.generators, self.timer, self.config
+        with timer.phase("data"):
+            batches = [g.next_batch() for g in generators]
+        timer.jitter()
         loss, logits = train_step(
-            self.stepper, self.state.optimizer, batches, lr, c.grad_clip, self.device, self.autocast_dtype, c.channels_last
+            self.stepper, self.state.optimizer, batches, lr, c.grad_clip, self.device, self.autocast_dtype, c.channels_last, timer
         )  # type: ignore[arg-type]
         if not math.isfinite(loss):
             good = latest_checkpoint(c.run_dir)
@@ -177,9 +186,29 @@ class Run:
                 f"{good if good else 'none (no checkpoint was written yet)'}; lower --learning-rate, "
                 "keep --grad-clip, or check the image normalization (--model mean=,stddev=)"
             )
-        for g, out in zip(generators, logits):
-            g.update(out)
+        with timer.phase("data"):
+            for g, out in zip(generators, logits):
+                g.update(out)
         return loss
+
+    def agree(self, *flags: bool) -> list[bool]:
+        """Each flag OR-ed over all ranks (timed as waiting); closes the step's timing."""
+        with self.timer.phase("wait"):
+            agreed = any_rank(flags)
+        self.timer.end_step()
+        return agreed
+
+    @contextmanager
+    def untimed(self) -> Iterator[None]:
+        """A block outside the steps (evaluation, checkpoint) that every rank leaves together,
+        so that the next step's wait does not count the time rank 0 spent in it."""
+        yield
+        any_rank([False])  # not on an error: the other ranks may never get here
+
+    def timing(self) -> dict[str, float | None]:
+        """The timing statistics of the steps since the last summary, over all ranks (every
+        rank calls it; rank 0 also appends the raw times to ``RUN_DIR/step_times.jsonl``)."""
+        return summarize_timing(self.timer, self.config.run_dir if self.writes else None, self.state.step)
 
     def evaluate(self) -> dict[str, Any]:
         """Metrics of the model on the held-out coordinates (see :func:`~neuroflood.train.step.evaluate_held_out`)."""
@@ -218,7 +247,8 @@ def start_run(
     stepper = wrap_model(model) if wrap_model else model
     if writes:
         write_config(config.run_dir, config)
-    return Run(config, state, stepper, tracker, source, device, latest, writes)
+    timer = StepTimer(config.inject_jitter_s, config.seed, rank, device)
+    return Run(config, state, stepper, tracker, source, device, latest, writes, timer)
 
 
 # ------------------------------------------------------------------------------------------

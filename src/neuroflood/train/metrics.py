@@ -169,7 +169,9 @@ class MetricsLog:
     read by scripts and dashboards: every line has ``step``, ``time_s``, ``split`` (``train``
     or ``eval``), ``fovs_per_s``, ``loss``, ``accuracy``, ``precision``, ``recall`` and ``f1``
     (``null`` where undefined), plus the other tracker values; ``train`` lines end with
-    ``steps_per_s`` and ``learning_rate``. With ``run_dir=None`` (ranks other than 0) nothing
+    ``steps_per_s``, the step-timing keys (``step_time_p50``, ``step_time_p90``,
+    ``step_time_max``, ``step_time_cv``, ``allreduce_wait_s``, ``data_s``, ``compute_s``) and
+    ``learning_rate``. With ``run_dir=None`` (ranks other than 0) nothing
     is written; the records are still returned.
 
     Parameters
@@ -241,12 +243,17 @@ class MetricsLog:
         finally:
             self._interval_start += time.perf_counter() - t0
 
-    def summarize(self, step: int, time_s: float) -> dict[str, Any]:
-        """Write the ``train`` record of the steps since the last summary and start anew."""
+    def summarize(self, step: int, time_s: float, timing: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Write the ``train`` record of the steps since the last summary and start anew.
+
+        ``timing``: the interval's per-rank step-time statistics
+        (:func:`~neuroflood.train.timing.timing_stats`), written before ``learning_rate``.
+        """
         seconds = max(time.perf_counter() - self._interval_start, 1e-9)
         fovs_per_s = self._interval_steps * self.fovs_per_step / seconds
         metrics = self.tracker.summary()
         metrics["steps_per_s"] = self._interval_steps / seconds
+        metrics.update(timing or {})
         record = {"step": step, "time_s": round(time_s, 3), "split": "train", "fovs_per_s": fovs_per_s, **metrics}
         record["learning_rate"] = self.learning_rate
         self.write(record, list(self.tracker.images))

@@ -1,8 +1,9 @@
 """One synchronous training step, and the forward-only steps of an evaluation.
 
 :func:`train_step` is google/ffn's step (ffn-algorithms.md §2.6): weighted sigmoid
-cross-entropy over batch × FOV, gradients of several workers averaged (one allreduce under
-DDP), the element-wise clip, then the update; a non-finite loss leaves the weights alone.
+cross-entropy over batch × FOV, gradients of several workers averaged (one all-reduce under
+DDP, :func:`allreduce_gradients`), the element-wise clip, then the update; a non-finite loss
+leaves the weights alone.
 :func:`evaluate_held_out` runs full trajectories on held-out coordinates with the same policy and
 metrics, without augmentation or weight updates.
 """
@@ -24,6 +25,7 @@ from .examples import Batch, ExampleGenerator
 from .metrics import EvalTracker
 from .optim import clip_gradients, set_learning_rate
 from .patches import PatchSource
+from .timing import StepTimer
 
 
 def weighted_sigmoid_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -40,39 +42,69 @@ def train_step(
     device: torch.device,
     autocast_dtype: torch.dtype | None = None,
     channels_last: bool = False,
+    timer: StepTimer | None = None,
 ) -> tuple[float, list[torch.Tensor]]:
     """One synchronous step over the batches of several workers; returns (loss, logits).
 
-    Gradients of the workers' mean losses are averaged (accumulated with ``no_sync`` under
-    DDP, so the allreduce runs once, after the last backward); then the element-wise clip,
-    then the update. The loss is checked before the update: a non-finite loss returns
-    without touching the weights. The logits are the forward pass's (before the update), as
-    the reference writes them back.
+    Gradients of the workers' mean losses are accumulated, then averaged over the ranks of a
+    DDP model by one explicit all-reduce (:func:`allreduce_gradients`), then clipped
+    element-wise, then the update. The loss is checked before the update: a non-finite loss
+    returns without touching the weights. The logits are the forward pass's (before the
+    update), as the reference writes them back. ``timer`` times the work (``compute``) and the
+    all-reduce (``wait``) apart.
     """
-    set_learning_rate(optimizer, lr)
-    optimizer.zero_grad(set_to_none=True)
-    n = len(batches)
-    losses, outputs = [], []
-    fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
-    for i, b in enumerate(batches):
-        image, seed, labels, weights = (
-            t.to(device, non_blocking=True).contiguous(memory_format=fmt) for t in (b.image, b.seed, b.labels, b.weights)
-        )
-        sync = model.no_sync() if (i < n - 1 and hasattr(model, "no_sync")) else nullcontext()
-        with sync:
-            amp = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
-            with amp:
-                logits = model(image, seed)
-            loss = weighted_sigmoid_loss(logits, labels, weights)
-            (loss / n).backward()
-        losses.append(loss.detach())
-        outputs.append(logits.detach().float())
-    loss_value = float(torch.stack(losses).mean())
-    if not math.isfinite(loss_value):
-        return loss_value, outputs
-    clip_gradients(model.parameters(), grad_clip)
-    optimizer.step()
+    timer = timer or StepTimer()
+    with timer.phase("compute"):
+        set_learning_rate(optimizer, lr)
+        optimizer.zero_grad(set_to_none=True)
+        losses, outputs = [], []
+        fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
+        for b in batches:
+            image, seed, labels, weights = (
+                t.to(device, non_blocking=True).contiguous(memory_format=fmt) for t in (b.image, b.seed, b.labels, b.weights)
+            )
+            # Under DDP no backward synchronizes: the all-reduce runs once, below, timed apart.
+            with model.no_sync() if hasattr(model, "no_sync") else nullcontext():  # type: ignore[operator]
+                amp = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
+                with amp:
+                    logits = model(image, seed)
+                loss = weighted_sigmoid_loss(logits, labels, weights)
+                (loss / len(batches)).backward()
+            losses.append(loss.detach())
+            outputs.append(logits.detach().float())
+    if hasattr(model, "no_sync"):
+        with timer.phase("wait"):
+            allreduce_gradients(model)
+    with timer.phase("compute"):
+        loss_value = float(torch.stack(losses).mean())
+        if not math.isfinite(loss_value):
+            return loss_value, outputs
+        clip_gradients(model.parameters(), grad_clip)
+        optimizer.step()
     return loss_value, outputs
+
+
+def allreduce_gradients(model: torch.nn.Module) -> None:
+    """Average the gradients over the ranks of a DDP model, as DDP's reducer does.
+
+    One flat buffer of every gradient, divided by the number of ranks, then summed by one
+    all-reduce and copied back: DDP's arithmetic (divide, then sum), without its overlap of
+    communication with the backward pass, so that a rank's own work and its wait for the
+    others can be timed apart.
+    """
+    import torch.distributed as dist
+
+    group = getattr(model, "process_group", None)
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.flatten() for g in grads])
+    flat.div_(dist.get_world_size(group))
+    dist.all_reduce(flat, group=group)
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view(g.shape))
+        offset += g.numel()
 
 
 # ------------------------------------------------------------------------------------------
