@@ -30,33 +30,22 @@ def test_scaling_contract(tmp_path):
 
 
 def test_lr_scaling_grid(tmp_path):
+    """The paper's form alone (--rules off): base × factors at every N, normalised by the best at N."""
     out = tmp_path / "lr"
-    args = [
-        "study",
-        "lr-scaling",
-        "--out",
-        str(out),
-        "--workers",
-        "1,2",
-        "--lr-factors",
-        "1,4",
-        "--fovs",
-        "48",
-        "--eval-examples",
-        "4",
-        "--jobs",
-        "1",
-        *SMALL,
-    ]
-    assert main(args) == 0
+    args = ["study", "lr-scaling", "--out", str(out), "--workers", "1,2", "--lr-factors", "1,4", "--rules", "off"]
+    assert main([*args, "--fovs", "48", "--evaluations", "3", "--eval-examples", "4", "--jobs", "1", *SMALL]) == 0
     report = json.loads((out / "lr_scaling.json").read_text())
-    runs = report["runs"]
-    assert len(runs) == 2 * 2 * 2  # N × LR × (no warm-up, warm-up)
-    n2 = [r for r in runs if r["workers"] == 2]
-    assert {r["steps"] for r in n2} == {48 // (2 * 4)} and {r["fovs"] for r in runs} == {48}  # fixed sample budget
-    assert {r["learning_rate"] for r in runs} == {1e-3, 4e-3}
-    assert {r["warmup_steps"] for r in n2} == {0, 1}
-    assert all(r["f1"] is not None and 0 <= r["accuracy"] <= 1 for r in runs)
+    points = report["points"]
+    assert len(points) == 2 * 2 * 2 and {p["rule"] for p in points} == {"grid"}  # N × LR × (no warm-up, warm-up)
+    n2 = [p for p in points if p["workers"] == 2]
+    assert {p["steps"] for p in n2} == {48 // (2 * 4)} and {p["fovs"] for p in points} == {48}  # fixed sample budget
+    assert {p["learning_rate"] for p in points} == {1e-3, 4e-3}
+    assert {p["warmup_steps"] for p in n2} == {0, 1}
+    for p in points:
+        (run,) = p["runs"]  # one seed: a mean without an interval
+        assert p["seeds"] == 1 and p["f1"] == {"mean": run["final"]["f1"], "ci95": None, "sd": None, "n": 1}
+        assert 0 <= p["accuracy"]["mean"] <= 1 and len(run["curve"]) == 3
+    assert report["config"]["eval_examples"] == 4 and report["config"]["seeds"] == [0]
     assert len(report["best"]) == 4 and report["best"][1]["sqrt_rule"] == pytest.approx(1e-3)
     for m in ("f1", "accuracy"):
         assert (out / f"lr_scaling_{m}.png").stat().st_size > 10_000
@@ -64,73 +53,45 @@ def test_lr_scaling_grid(tmp_path):
 
 def test_batch_size_and_optimizer_studies(tmp_path):
     out = tmp_path / "bs"
-    assert (
-        main(
-            [
-                "study",
-                "batch-size",
-                "--out",
-                str(out),
-                "--global-batches",
-                "4,8",
-                "--fovs",
-                "64",
-                "--evaluations",
-                "2",
-                "--eval-examples",
-                "4",
-                *SMALL,
-            ]
-        )
-        == 0
-    )
-    curves = json.loads((out / "batch_size.json").read_text())["curves"]
+    args = ["study", "batch-size", "--out", str(out), "--global-batches", "4,8", "--fovs", "64", "--evaluations", "2"]
+    assert main([*args, "--eval-examples", "4", "--seeds", "2", *SMALL]) == 0
+    report = json.loads((out / "batch_size.json").read_text())
+    curves = report["curves"]
     assert [c["global_batch"] for c in curves] == [4, 8] and [c["workers"] for c in curves] == [1, 2]
     for c in curves:
         assert c["points"][-1]["fovs"] == 64 and c["points"][-1]["step"] == 64 // c["global_batch"]
         p = c["points"][-1]
         assert p["modelled_time_s"] == pytest.approx(p["time_s"] / c["workers"])
+        assert c["seeds"] == 2 and [r["seed"] for r in c["runs"]] == [0, 1]
+        assert p["f1"] == pytest.approx(sum(r["curve"][-1]["f1"] for r in c["runs"]) / 2)  # the mean curve
+        assert c["loss"]["mean"] == pytest.approx(sum(r["final"]["loss"] for r in c["runs"]) / 2) and c["loss"]["ci95"] > 0
+    assert report["config"]["seeds"] == [0, 1]
     assert (out / "batch_size.png").stat().st_size > 10_000
 
     out = tmp_path / "opt"
-    assert (
-        main(
-            [
-                "study",
-                "optimizers",
-                "--out",
-                str(out),
-                "--optimizers",
-                "sgd,rmsprop",
-                "--fovs",
-                "32",
-                "--evaluations",
-                "2",
-                "--eval-examples",
-                "4",
-                "--target-accuracy",
-                "0.01",
-                "--learning-rates",
-                "sgd=0.1",
-                *SMALL,
-            ]
-        )
-        == 0
-    )
-    rows = json.loads((out / "optimizers.json").read_text())["runs"]
+    args = ["study", "optimizers", "--out", str(out), "--optimizers", "sgd,rmsprop", "--fovs", "32", "--evaluations", "2"]
+    assert main([*args, "--eval-examples", "4", "--target-accuracy", "0.01", "--learning-rates", "sgd=0.1", *SMALL]) == 0
+    rows = json.loads((out / "optimizers.json").read_text())["points"]
     assert [(r["optimizer"], r["warmup"]) for r in rows] == [("sgd", False), ("sgd", True), ("rmsprop", False), ("rmsprop", True)]
     assert rows[0]["learning_rate"] == 0.1 and rows[2]["learning_rate"] == 1e-3
-    assert all(r["time_to_0.01_accuracy_s"] == r["curve"][0]["time_s"] for r in rows)  # reached at the first evaluation
+    for r in rows:  # reached at the first evaluation
+        (run,) = r["runs"]
+        assert run["time_to_0.01_accuracy_s"] == run["curve"][0]["time_s"] == r["time_to_0.01_accuracy_s"]["mean"]
+        assert r["reached"] == 1 and r["f1"]["mean"] == run["final"]["f1"]
     assert (out / "optimizers.png").stat().st_size > 10_000
 
 
 def test_derived_numbers():
     rows = efficiency([{"workers": 2, "fovs_per_s": 3.0}, {"workers": 1, "fovs_per_s": 2.0}, {"workers": 4, "fovs_per_s": 6.0}])
     assert [r["efficiency"] for r in rows] == pytest.approx([1.0, 0.75, 0.75])
-    runs = [{"workers": 1, "warmup": False, "learning_rate": lr, "f1": f, "accuracy": 0.9} for lr, f in ((1e-3, 0.4), (2e-3, 0.8))]
-    normalise(runs, ("f1",))
-    assert [r["normalized_f1"] for r in runs] == pytest.approx([0.5, 1.0])
-    assert best_per_workers(runs, 1e-3)[0]["best_learning_rate"] == 2e-3
+    points = [
+        {"workers": 1, "warmup": False, "rule": rule, "learning_rate": lr, "f1": {"mean": f, "ci95": 0.1}, "accuracy": {"mean": 0.9}}
+        for rule, lr, f in (("none", 1e-3, 0.4), ("grid", 2e-3, 0.8))
+    ]
+    normalise(points, ("f1",))
+    assert [p["normalized_f1"] for p in points] == pytest.approx([0.5, 1.0])
+    (best,) = best_per_workers(points, 1e-3)
+    assert best["best_learning_rate"] == 2e-3 and best["f1_ci95"] == 0.1 and best["rules"] == {"none": {"mean": 0.4, "ci95": 0.1}}
 
 
 def test_bad_options(tmp_path, capsys):
@@ -141,3 +102,10 @@ def test_bad_options(tmp_path, capsys):
     assert "multiples" in capsys.readouterr().err
     assert main(["study", "optimizers", "--out", str(tmp_path), "--optimizers", "lamb", *SMALL]) == 2
     assert "unknown optimizer" in capsys.readouterr().err
+    assert main(["study", "lr-scaling", "--out", str(tmp_path), "--seeds", "0", *SMALL]) == 2
+    assert "--seeds must be >= 1" in capsys.readouterr().err
+    assert main(["study", "lr-scaling", "--out", str(tmp_path), "--rules", "off", "--lr-factors", "none", *SMALL]) == 2
+    assert "nothing to run" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["study", "lr-scaling", "--out", str(tmp_path), "--rules", "cubic"])
+    assert e.value.code == 2 and "LR rules" in capsys.readouterr().err

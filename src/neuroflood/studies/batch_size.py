@@ -11,6 +11,11 @@ Wall time: with real workers (``mode="real"``) it is measured. With emulated wor
 process does the work of N, so the measured time is N times what N workers would take; the
 figure then shows the *modelled* time of N workers at ideal scaling, measured time ÷ N
 (both are in the JSON).
+
+Every global batch trains ``seeds`` times (weights and example order change with the seed);
+the figure shows the mean curve with its 95 % confidence interval over seeds as a band, and
+the JSON each run and the mean and CI of its final-window quality figures
+(:mod:`~neuroflood.studies.statistics`).
 """
 
 from __future__ import annotations
@@ -21,8 +26,9 @@ from typing import Any
 
 from ..config import ModelConfig
 from ..errors import ConfigError
-from .common import STUDY_MODEL, base_options, execute_all, machine, prepare_synthetic, write_json
+from .common import EVAL_EXAMPLES, STUDY_MODEL, base_options, execute_seeded, heldout_examples, machine, prepare_synthetic, write_json
 from .figures import plot_batch_size
+from .statistics import FINAL_WINDOW, mean_curve, run_record, seed_list, summarise
 
 
 def run_batch_size(
@@ -36,7 +42,8 @@ def run_batch_size(
     warmup_fraction: float = 0.1,
     optimizer: str = "adam",
     model: str = STUDY_MODEL,
-    eval_examples: int = 64,
+    eval_examples: int = EVAL_EXAMPLES,
+    seeds: int = 1,
     mode: str = "emulated",
     launcher: str | None = None,
     threads: int = 1,
@@ -45,14 +52,14 @@ def run_batch_size(
     seed: int = 0,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
-    """Train each global batch; write ``OUT/batch_size.json`` and ``OUT/batch_size.png``."""
+    """Train each global batch ``seeds`` times; write ``OUT/batch_size.json`` and ``OUT/batch_size.png``."""
     bad = [g for g in global_batches if g % batch_size or g < batch_size]
     if bad:
         raise ConfigError(f"global batch(es) {bad} are not multiples of the per-worker batch {batch_size}; choose multiples")
     if global_batches and fovs < max(global_batches):
         raise ConfigError(f"--fovs {fovs} is less than one step of the global batch {max(global_batches)}; raise --fovs")
-    if evaluations < 1:
-        raise ConfigError(f"--evaluations {evaluations} must be >= 1")
+    if evaluations < 1 or seeds < 1:
+        raise ConfigError(f"--evaluations ({evaluations}) and --seeds ({seeds}) must be >= 1")
     out = Path(out)
     mcfg = ModelConfig.parse_spec(model)
     data = prepare_synthetic(out / "data", mcfg, size=data_size, seed=seed)
@@ -72,27 +79,18 @@ def run_batch_size(
             max_steps=steps,
             eval_every_steps=max(1, steps // evaluations),
             eval_examples=eval_examples,
-            seed=seed,
         )
         jobs_list.append((options, n))
         meta.append({"global_batch": g, "workers": n, "steps": steps, "warmup_steps": options["warmup_steps"]})
-    results = execute_all(jobs_list, mode, launcher, threads, jobs, progress)
+    results = execute_seeded(jobs_list, seed_list(seed, seeds), mode, launcher, threads, jobs, progress)
     curves = []
-    for m, res in zip(meta, results):
+    for m, runs in zip(meta, results):
         n = m["workers"]
-        points = [
-            {
-                "step": r["step"],
-                "fovs": r["step"] * m["global_batch"],
-                "time_s": r["time_s"],
-                "modelled_time_s": r["time_s"] / n if mode == "emulated" else r["time_s"],
-                "f1": r["f1"],
-                "accuracy": r["accuracy"],
-                "loss": r["loss"],
-            }
-            for r in res["eval"]
-        ]
-        curves.append({**m, "points": points, "final_f1": points[-1]["f1"] if points else None})
+        records = [run_record(s, res, run_dir, m["global_batch"]) for s, run_dir, res in runs]
+        points = mean_curve(records)
+        for p in points:
+            p["modelled_time_s"] = p["time_s"] / n if mode == "emulated" and p["time_s"] is not None else p["time_s"]
+        curves.append({**m, **summarise(records), "points": points, "runs": records})
     report = {
         "study": "batch-size",
         "machine": machine(),
@@ -106,7 +104,9 @@ def run_batch_size(
             "optimizer": optimizer,
             "model": model,
             "mode": mode,
-            "eval_examples": eval_examples,
+            "seeds": seed_list(seed, seeds),
+            "final_window": FINAL_WINDOW,
+            "eval_examples": heldout_examples(data, eval_examples),
             "data": f"synthetic {data_size}^3, held-out volume seed {seed + 1}",
         },
         "curves": curves,

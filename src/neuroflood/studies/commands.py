@@ -1,4 +1,4 @@
-"""CLI: ``neuroflood study scaling|lr-scaling|batch-size|optimizers`` (Dong et al. 2019's studies).
+"""CLI: ``neuroflood study scaling|lr-scaling|batch-size|optimizers|project`` (Dong et al. 2019's studies).
 
 Each study writes ``OUT/<study>.json`` and its figures (PNG) to ``--out``. The defaults run
 on a 2-core machine on synthetic data; the options scale the same commands to a cluster
@@ -36,6 +36,22 @@ def _floats(text: str) -> list[float]:
     return vals
 
 
+def _factors(text: str) -> list[float]:
+    """``--lr-factors``: positive numbers, or ``none`` for no LR grid (the rules only)."""
+    return [] if text.strip().lower() == "none" else _floats(text)
+
+
+def _rules(text: str) -> list[str]:
+    """``--rules``: some of none, linear, sqrt, or ``off`` for none of them (the LR grid only)."""
+    if text.strip().lower() == "off":
+        return []
+    vals = [v.strip() for v in text.split(",") if v.strip()]
+    bad = [v for v in vals if v not in ("none", "linear", "sqrt")]
+    if not vals or bad:
+        raise argparse.ArgumentTypeError(f"{text!r} must list LR rules of none, linear, sqrt (or be off)")
+    return vals
+
+
 def _lrs(text: str) -> dict[str, float]:
     out = {}
     for item in text.split(","):
@@ -58,6 +74,14 @@ def _common(p: argparse.ArgumentParser, jobs: int, threads: int, real_only: bool
             help="emulated: N workers in one process (gradient accumulation); real: N ranks via --launcher",
         )
         p.add_argument("--jobs", type=int, default=jobs, help="emulated runs at a time (separate processes)")
+        p.add_argument(
+            "--seeds",
+            type=int,
+            default=1,
+            help="training seeds per configuration, --seed S to S+K-1 (initial weights and example order; data and "
+            "held-out examples stay); each point reports the mean and 95%% CI over them. The default, 1, gives no CI; "
+            "use >= 3 to compare points",
+        )
     p.add_argument(
         "--launcher",
         help="command template starting {workers} ranks of `neuroflood train` (e.g. 'srun --ntasks {workers} "
@@ -65,7 +89,7 @@ def _common(p: argparse.ArgumentParser, jobs: int, threads: int, real_only: bool
     )
     p.add_argument("--threads", type=int, default=threads, help="torch CPU threads per run (emulated) or per rank (real)")
     p.add_argument("--data-size", type=int, help="edge of the synthetic training and held-out volumes (voxels)")
-    p.add_argument("--seed", type=int, default=0, help="seed of data, weights and example generators")
+    p.add_argument("--seed", type=int, default=0, help="seed of the data (volumes, coordinates) and the first training seed")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -100,19 +124,24 @@ def register(sub: argparse._SubParsersAction) -> None:
         studies,
         "lr-scaling",
         "best learning rate against workers at a fixed sample budget, vs linear and sqrt rules",
-        "For each worker count and each learning rate of the grid (base x factors), with and without warm-up, "
-        "train on the same number of FOVs and score held-out accuracy and F1, normalised by the best at each "
-        "worker count. Writes OUT/lr_scaling.json and OUT/lr_scaling_{f1,accuracy}.png.",
+        "For each worker count N, with and without warm-up, train on the same number of FOVs at the learning rate "
+        "of each rule (none = base, linear = base*N, sqrt = base*sqrt(N)) and of each LR of the grid (base x "
+        "factors, the paper's form, normalised by the best at each N), --seeds times each. Each run is scored by "
+        "its held-out accuracy, F1 and loss averaged over its last 20%% of evaluations; each point by their mean "
+        "and 95%% CI over seeds. Writes OUT/lr_scaling.json (points with workers, rule, warmup, learning_rate, "
+        "seeds, accuracy/f1/loss {mean, ci95} and every run) and OUT/lr_scaling_{f1,accuracy}.png.",
     )
     _common(s, 2, 1)
     s.add_argument("--workers", type=_ints, default="1,2,4,8", help="worker counts N")
-    s.add_argument("--lr-factors", type=_floats, default="0.5,1,2,4,8", help="LR grid as multiples of --base-lr")
+    s.add_argument("--lr-factors", type=_factors, default="0.5,1,2,4,8", help="LR grid as multiples of --base-lr (none: no grid)")
+    s.add_argument("--rules", type=_rules, default="none,linear,sqrt", help="LR rules to compare (off: the grid only)")
     s.add_argument("--base-lr", type=float, default=1e-3, help="reference learning rate of one worker")
     s.add_argument("--warmup-fraction", type=float, default=0.1, help="warm-up length as a fraction of each run's steps")
     s.add_argument("--fovs", type=int, default=2400, help="FOVs per run (fixed sample budget)")
     s.add_argument("--batch-size", type=int, default=4, help="FOVs per worker per step")
     s.add_argument("--optimizer", default="adam", help="optimizer of every run")
-    s.add_argument("--eval-examples", type=int, default=64, help="held-out examples scored at the end of each run")
+    s.add_argument("--evaluations", type=int, default=10, help="held-out evaluations per run (the last 20%% are averaged)")
+    s.add_argument("--eval-examples", type=int, help="held-out examples per evaluation (default 512)")
     s.set_defaults(func=_lr_scaling)
 
     s = add_command(
@@ -126,12 +155,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--global-batches", type=_ints, default="4,8,16,32", help="global batch sizes (multiples of --batch-size)")
     s.add_argument("--batch-size", type=int, default=4, help="FOVs per worker per step")
     s.add_argument("--fovs", type=int, default=4800, help="FOVs per run")
-    s.add_argument("--evaluations", type=int, default=8, help="held-out evaluations per run")
+    s.add_argument("--evaluations", type=int, default=8, help="held-out evaluations per run (the last 20%% are averaged)")
     s.add_argument("--base-lr", type=float, default=1e-3, help="learning rate of one worker")
     s.add_argument("--lr-scaling", choices=["none", "linear", "sqrt"], default="sqrt", help="learning-rate rule for N workers")
     s.add_argument("--warmup-fraction", type=float, default=0.1, help="warm-up length as a fraction of each run's steps (0: none)")
     s.add_argument("--optimizer", default="adam", help="optimizer of every run")
-    s.add_argument("--eval-examples", type=int, default=64, help="held-out examples per evaluation")
+    s.add_argument("--eval-examples", type=int, help="held-out examples per evaluation (default 512)")
     s.set_defaults(func=_batch_size)
 
     s = add_command(
@@ -153,12 +182,32 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--workers", type=int, default=1, help="workers N of every run")
     s.add_argument("--batch-size", type=int, default=4, help="FOVs per worker per step")
     s.add_argument("--fovs", type=int, default=3200, help="FOVs per run")
-    s.add_argument("--evaluations", type=int, default=8, help="held-out evaluations per run")
+    s.add_argument("--evaluations", type=int, default=8, help="held-out evaluations per run (the last 20%% are averaged)")
     s.add_argument("--warmup-fraction", type=float, default=0.1, help="warm-up length as a fraction of the steps")
     s.add_argument("--lr-scaling", choices=["none", "linear", "sqrt"], default="sqrt", help="learning-rate rule for N workers")
     s.add_argument("--target-accuracy", type=float, default=0.95, help="held-out voxel accuracy whose first time is reported")
-    s.add_argument("--eval-examples", type=int, default=64, help="held-out examples per evaluation")
+    s.add_argument("--eval-examples", type=int, help="held-out examples per evaluation (default 512)")
     s.set_defaults(func=_optimizers)
+
+    s = add_command(
+        studies,
+        "project",
+        "project a measured run's efficiency to thousands of workers (stragglers + all-reduce model)",
+        "Read the per-rank step times of a training run (RUN_DIR/step_times.jsonl) and its config.json (batch per "
+        "rank, the network's gradient bytes); model a synchronous step at N ranks as the expected maximum of N "
+        "measured work times (bootstrap) plus an alpha-beta all-reduce. Writes OUT/projection.json and "
+        "OUT/projection.png (efficiency against workers, with the paper's measured efficiencies) and prints the "
+        "per-rank work CV a cluster must hold to keep 85%% at 1024 workers.",
+    )
+    s.add_argument("--timings", required=True, metavar="RUN_DIR", help="run directory of `neuroflood train` (step_times.jsonl)")
+    s.add_argument("--workers", type=_ints, default="1,2,4,8,16,32,64,128,256,512,1024,2048,4096", help="worker counts")
+    s.add_argument("--out", required=True, help="output directory (projection.json, projection.png)")
+    s.add_argument("--interconnect", default="aries", help="network preset: aries, slingshot11, ib-hdr, ib-ndr, ethernet-10g")
+    s.add_argument("--latency-us", type=float, help="override the preset's latency (microseconds)")
+    s.add_argument("--bandwidth-gbps", type=float, help="override the preset's bandwidth (GB/s per rank)")
+    s.add_argument("--algorithm", choices=["ring", "tree", "best"], default="best", help="all-reduce algorithm of the model")
+    s.add_argument("--skip-steps", type=int, default=1, help="first steps of the run left out (warm-up)")
+    s.set_defaults(func=_project)
 
 
 def _kw(args: argparse.Namespace, *names: str) -> dict[str, Any]:
@@ -169,13 +218,13 @@ def _kw(args: argparse.Namespace, *names: str) -> dict[str, Any]:
 def _training_kw(args: argparse.Namespace) -> dict[str, Any]:
     """The options every training study (lr-scaling, batch-size, optimizers) takes alike."""
     return dict(
-        eval_examples=args.eval_examples,
+        seeds=args.seeds,
         mode=args.mode,
         launcher=args.launcher,
         threads=args.threads,
         jobs=args.jobs,
         seed=args.seed,
-        **_kw(args, "model", "data_size"),
+        **_kw(args, "model", "data_size", "eval_examples"),
     )
 
 
@@ -208,6 +257,7 @@ def _check(args: argparse.Namespace) -> None:
         ("--skip-steps", 0),
         ("--data-size", 1),
         ("--seed", 0),
+        ("--seeds", 1),
         ("--fovs", 1),
     ):
         at_least(name, low)
@@ -283,6 +333,8 @@ def _lr_scaling(args: argparse.Namespace) -> int:
         args.out,
         workers=args.workers,
         lr_factors=args.lr_factors,
+        rules=args.rules,
+        evaluations=args.evaluations,
         base_lr=args.base_lr,
         warmup_fraction=args.warmup_fraction,
         fovs=args.fovs,
@@ -332,3 +384,20 @@ def _optimizers(args: argparse.Namespace) -> int:
         **_training_kw(args),
     )
     return _done(f"{args.out}/optimizers.json, {args.out}/optimizers.png")
+
+
+def _project(args: argparse.Namespace) -> int:
+    from ..evaluate.report import check_output_dir
+
+    if args.skip_steps < 0:
+        raise ConfigError(f"--skip-steps must be >= 0, got {args.skip_steps}")
+    check_output_dir(args.out)
+    from .project import load_run, run_projection, summary_lines
+    from .projection import interconnect
+
+    net = interconnect(args.interconnect, args.latency_us, args.bandwidth_gbps)
+    run = load_run(args.timings, args.skip_steps)  # bad input is refused before OUT is touched
+    check_files(args.out, ("projection.json", "projection.png"), "study")
+    result = run_projection(run, args.workers, args.out, net, args.algorithm)
+    print("\n".join(summary_lines(result)))
+    return _done(f"{args.out}/projection.json, {args.out}/projection.png")

@@ -75,63 +75,134 @@ def plot_scaling(
     return _save(fig, path)
 
 
-def plot_lr_scaling(rows: Sequence[dict[str, Any]], path: str | Path, base_lr: float, metric: str = "accuracy") -> Path:
-    """Normalized held-out metric over (workers, LR), with base·N and base·√N overlaid.
+def _value(point: dict[str, Any], metric: str) -> float | None:
+    """A point's figure: the mean of ``{"mean", "ci95"}``, or a plain number."""
+    v = point.get(metric)
+    return v.get("mean") if isinstance(v, dict) else v
 
-    One panel without and one with warm-up (``row["warmup"]``); each marker is one run,
-    coloured by its metric divided by the best run at the same worker count (1.0 = best),
-    as in the paper's LR figure; a red star marks the best LR at each N.
-    """
-    panels = sorted({bool(r["warmup"]) for r in rows})
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 4.8), squeeze=False)
+
+def _ci(point: dict[str, Any], metric: str) -> float:
+    """The 95 % CI half-width of a point's figure; 0 where there is none (one seed)."""
+    v = point.get(metric)
+    return float(v.get("ci95") or 0.0) if isinstance(v, dict) else 0.0
+
+
+def _label(metric: str) -> str:
+    return "F1" if metric == "f1" else metric
+
+
+def _rules_panel(ax, points: Sequence[dict[str, Any]], metric: str) -> None:
+    """Mean held-out metric against N per LR rule, with the 95 % CI over seeds as error bars."""
+    rules = [r for r in ("none", "linear", "sqrt") if any(p["rule"] == r for p in points)]
+    for i, rule in enumerate(rules):
+        for warm, style in ((False, "-"), (True, "--")):
+            sub = sorted(
+                (p for p in points if p["rule"] == rule and p["warmup"] == warm and _value(p, metric) is not None),
+                key=lambda p: p["workers"],
+            )
+            if not sub:
+                continue
+            shift = 1.04 ** (i - 1 + (0.5 if warm else -0.5) / 3)  # side by side, not on top of each other
+            ax.errorbar(
+                [p["workers"] * shift for p in sub],
+                [_value(p, metric) for p in sub],
+                yerr=[_ci(p, metric) for p in sub],
+                fmt="o" + style,
+                color=f"C{i}",
+                capsize=3,
+                mfc="white" if warm else f"C{i}",
+                label=f"{rule}{' + warm-up' if warm else ''}",
+            )
+    workers = sorted({p["workers"] for p in points})
+    seeds = max((p.get("seeds", 1) for p in points), default=1)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(workers, [str(w) for w in workers])
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_xlabel("workers N")
+    ax.set_ylabel(f"held-out {_label(metric)}, final window")
+    ci = f"mean ± 95 % CI over {seeds} seeds" if seeds > 1 else "one seed: no CI"
+    ax.set_title(f"LR rules: held-out {_label(metric)} ({ci})", fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def _grid_panel(ax, fig, points: Sequence[dict[str, Any]], base_lr: float, metric: str, warm: bool) -> None:
+    """The paper's form: every (N, LR) coloured by its mean over the best mean at the same N."""
+    sub = list({(p["workers"], p["learning_rate"]): p for p in points if p["warmup"] == warm and _value(p, metric) is not None}.values())
+    if not sub:
+        return
     norm = matplotlib.colors.Normalize(vmin=0.5, vmax=1.0)
-    label = "F1" if metric == "f1" else metric
-    for ax, warm in zip(axes[0], panels):
-        sub = [r for r in rows if bool(r["warmup"]) == warm and r[metric] is not None]
-        if not sub:
-            continue
-        workers = sorted({r["workers"] for r in sub})
-        best = {n: max(r[metric] for r in sub if r["workers"] == n) for n in workers}
-        c = [r[metric] / best[r["workers"]] if best[r["workers"]] > 0 else 0.0 for r in sub]
-        sc = ax.scatter(
-            [r["workers"] for r in sub], [r["learning_rate"] for r in sub], c=c, cmap="viridis", norm=norm, s=90, edgecolors="k", zorder=3
-        )
-        n = np.geomspace(min(workers), max(workers), 50)
-        ax.plot(n, base_lr * n, "C3-", label=f"linear: {base_lr:g}·N")
-        ax.plot(n, base_lr * np.sqrt(n), "C1--", label=f"sqrt: {base_lr:g}·√N")
-        for nw in workers:
-            top = max((r for r in sub if r["workers"] == nw), key=lambda r: r[metric])
-            ax.scatter([nw], [top["learning_rate"]], marker="*", s=320, facecolors="none", edgecolors="r", linewidths=1.5, zorder=4)
-        ax.scatter([], [], marker="*", s=160, facecolors="none", edgecolors="r", label="best LR at each N")
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("workers N (global batch = N × per-worker batch)")
-        ax.set_ylabel("learning rate")
-        ax.set_title(f"LR scaling, {'with linear warm-up' if warm else 'no warm-up'}: held-out {label}")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.set_xticks(workers, [str(w) for w in workers])
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-        ax.set_xlim(min(workers) / 1.3, max(workers) * 1.3)
-        ax.legend(loc="best", fontsize=8, framealpha=0.8)
-        fig.colorbar(sc, ax=ax, label=f"held-out {label} / best at the same N")
+    workers = sorted({p["workers"] for p in sub})
+    best = {n: max(_value(p, metric) for p in sub if p["workers"] == n) for n in workers}
+    c = [_value(p, metric) / best[p["workers"]] if best[p["workers"]] > 0 else 0.0 for p in sub]
+    sc = ax.scatter(
+        [p["workers"] for p in sub], [p["learning_rate"] for p in sub], c=c, cmap="viridis", norm=norm, s=90, edgecolors="k", zorder=3
+    )
+    n = np.geomspace(min(workers), max(workers), 50)
+    ax.plot(n, base_lr * n, "C3-", label=f"linear: {base_lr:g}·N")
+    ax.plot(n, base_lr * np.sqrt(n), "C1--", label=f"sqrt: {base_lr:g}·√N")
+    for nw in workers:
+        top = max((p for p in sub if p["workers"] == nw), key=lambda p: _value(p, metric))
+        ax.scatter([nw], [top["learning_rate"]], marker="*", s=320, facecolors="none", edgecolors="r", linewidths=1.5, zorder=4)
+    ax.scatter([], [], marker="*", s=160, facecolors="none", edgecolors="r", label="best mean at each N")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("workers N (global batch = N × per-worker batch)")
+    ax.set_ylabel("learning rate")
+    ax.set_title(f"{'With linear warm-up' if warm else 'No warm-up'}: mean held-out {_label(metric)} / best at N", fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.set_xticks(workers, [str(w) for w in workers])
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_xlim(min(workers) / 1.3, max(workers) * 1.3)
+    ax.legend(loc="best", fontsize=8, framealpha=0.8)
+    fig.colorbar(sc, ax=ax, label=f"held-out {_label(metric)} / best at the same N")
+
+
+def plot_lr_scaling(points: Sequence[dict[str, Any]], path: str | Path, base_lr: float, metric: str = "accuracy") -> Path:
+    """The LR rules with error bars, then the paper's normalised (N, LR) grid without and with warm-up.
+
+    ``points`` are lr_scaling.json's: ``rule`` (none, linear, sqrt or grid), ``workers``,
+    ``learning_rate``, ``warmup`` and ``metric`` as ``{"mean", "ci95"}`` (or a number). The
+    left panel shows the rules (mean ± 95 % CI over seeds); the others every (N, LR), coloured
+    by its mean divided by the best mean at the same N (1.0 = best), as in the paper's figure.
+    """
+    has_rules = any(p["rule"] != "grid" for p in points)
+    panels = sorted({bool(p["warmup"]) for p in points})
+    ncols = len(panels) + int(has_rules)
+    fig, axes = plt.subplots(1, ncols, figsize=(6.2 * ncols, 4.8), squeeze=False)
+    row = list(axes[0])
+    if has_rules:
+        _rules_panel(row.pop(0), [p for p in points if p["rule"] != "grid"], metric)
+    for ax, warm in zip(row, panels):
+        _grid_panel(ax, fig, points, base_lr, metric, warm)
     return _save(fig, path)
+
+
+def _band(ax, xs: Sequence[float], pts: Sequence[dict[str, Any]], metric: str, style: str, color: str, label: str) -> None:
+    """A mean curve with its 95 % CI over seeds as a shaded band (none with one seed)."""
+    ys = np.array([p[metric] for p in pts], float)
+    ci = np.array([p.get(f"{metric}_ci95") or 0.0 for p in pts], float)
+    ax.plot(xs, ys, style, color=color, label=label, ms=4)
+    if ci.any():
+        ax.fill_between(xs, ys - ci, ys + ci, color=color, alpha=0.2, lw=0)
 
 
 def plot_batch_size(
     curves: Sequence[dict[str, Any]], path: str | Path, metric: str = "f1", time_key: str = "time_s", time_label: str = "training time (s)"
 ) -> Path:
-    """Held-out metric against wall time and against FOVs processed, one line per global batch."""
+    """Mean held-out metric (band: 95 % CI over seeds) against wall time and FOVs, one line per global batch."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.6))
-    label = "F1" if metric == "f1" else metric
+    label = _label(metric)
     for i, c in enumerate(sorted(curves, key=lambda c: c["global_batch"])):
         pts = [p for p in c["points"] if p[metric] is not None]
         name = f"global batch {c['global_batch']} ({c['workers']} × {c['global_batch'] // c['workers']})"
-        a.plot([p[time_key] for p in pts], [p[metric] for p in pts], "o-", color=f"C{i}", label=name, ms=4)
-        b.plot([p["fovs"] for p in pts], [p[metric] for p in pts], "o-", color=f"C{i}", label=name, ms=4)
+        _band(a, [p[time_key] for p in pts], pts, metric, "o-", f"C{i}", name)
+        _band(b, [p["fovs"] for p in pts], pts, metric, "o-", f"C{i}", name)
+    seeds = max((c.get("seeds", 1) for c in curves), default=1)
     a.set_xlabel(time_label)
     b.set_xlabel("FOVs processed")
     for ax in (a, b):
-        ax.set_ylabel(f"held-out {label}")
+        ax.set_ylabel(f"held-out {label}" + (f" (mean, band: 95 % CI over {seeds} seeds)" if seeds > 1 else ""))
         ax.set_ylim(0, 1)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
@@ -141,7 +212,7 @@ def plot_batch_size(
 
 
 def plot_optimizers(rows: Sequence[dict[str, Any]], path: str | Path, target_accuracy: float = 0.95) -> Path:
-    """Final held-out F1, time to the target voxel accuracy, and the accuracy curves (by step)."""
+    """Final-window held-out F1 (error bars: 95 % CI), time to the target accuracy, mean accuracy curves."""
     names = list(dict.fromkeys(r["optimizer"] for r in rows))
     key = f"time_to_{target_accuracy:g}_accuracy_s"
     x = np.arange(len(names))
@@ -149,10 +220,20 @@ def plot_optimizers(rows: Sequence[dict[str, Any]], path: str | Path, target_acc
     fig, (a, b, c) = plt.subplots(1, 3, figsize=(17, 4.8))
     for j, warm in enumerate((False, True)):
         label = "with warm-up" if warm else "no warm-up"
-        f1 = [next((r["f1"] for r in rows if r["optimizer"] == n and r["warmup"] == warm), None) for n in names]
-        a.bar(x + (j - 0.5) * width, [v if v is not None else np.nan for v in f1], width, label=label, color=f"C{j}")
-        tt = [next((r[key] for r in rows if r["optimizer"] == n and r["warmup"] == warm), None) for n in names]
-        b.bar(x + (j - 0.5) * width, [t if t is not None else np.nan for t in tt], width, label=label, color=f"C{j}")
+        found = [next((r for r in rows if r["optimizer"] == n and r["warmup"] == warm), None) for n in names]
+        f1 = [_value(r, "f1") if r else None for r in found]
+        err = [_ci(r, "f1") if r else 0.0 for r in found]
+        a.bar(x + (j - 0.5) * width, [v if v is not None else np.nan for v in f1], width, yerr=err, capsize=3, label=label, color=f"C{j}")
+        tt = [_value(r, key) if r else None for r in found]
+        b.bar(
+            x + (j - 0.5) * width,
+            [t if t is not None else np.nan for t in tt],
+            width,
+            yerr=[_ci(r, key) if r else 0.0 for r in found],
+            capsize=3,
+            label=label,
+            color=f"C{j}",
+        )
         for xi, t in zip(x, tt):
             if t is None:
                 b.annotate("not reached", (xi + (j - 0.5) * width, 0), rotation=90, ha="center", va="bottom", fontsize=8)
@@ -160,10 +241,11 @@ def plot_optimizers(rows: Sequence[dict[str, Any]], path: str | Path, target_acc
         ax.set_xticks(x, [f"{n}\nlr {next(r['learning_rate'] for r in rows if r['optimizer'] == n):g}" for n in names])
         ax.legend(fontsize=8)
         ax.grid(True, axis="y", alpha=0.3)
-    a.set_ylabel("held-out F1 at the end")
+    seeds = max((r.get("seeds", 1) for r in rows), default=1)
+    a.set_ylabel("held-out F1, final window" + (f" (mean ± 95 % CI, {seeds} seeds)" if seeds > 1 else ""))
     a.set_ylim(0, 1)
     a.set_title("Final held-out F1 (same FOV budget)")
-    b.set_ylabel("training time (s)")
+    b.set_ylabel("training time (s), runs that reached it")
     b.set_ylim(bottom=0)
     for ax in (a, b):
         ax.set_xlim(-0.7, len(names) - 0.3)  # bars of runs that never got there are empty
@@ -171,14 +253,13 @@ def plot_optimizers(rows: Sequence[dict[str, Any]], path: str | Path, target_acc
     for i, n in enumerate(names):
         for warm, style in ((False, "-"), (True, "--")):
             r = next((r for r in rows if r["optimizer"] == n and r["warmup"] == warm), None)
-            if r and r.get("curve"):
-                pts = [p for p in r["curve"] if p["accuracy"] is not None]
-                c.plot(
-                    [p["step"] for p in pts], [p["accuracy"] for p in pts], style, color=f"C{i}", label=f"{n}{' + warm-up' if warm else ''}"
-                )
+            pts = [p for p in (r or {}).get("curve", []) if p["accuracy"] is not None]
+            if pts:
+                _band(c, [p["step"] for p in pts], pts, "accuracy", style, f"C{i}", f"{n}{' + warm-up' if warm else ''}")
     c.axhline(target_accuracy, color="k", lw=0.8, ls=":", label=f"{100 * target_accuracy:g}% target")
     c.set_xlabel("training steps (same for every optimizer; time is in the JSON)")
-    c.set_ylabel("held-out voxel accuracy")
+    c.set_ylabel("held-out voxel accuracy" + (" (mean, band: 95 % CI)" if seeds > 1 else ""))
+    c.set_ylim(0, 1)
     c.set_title("Held-out accuracy during training")
     c.grid(True, alpha=0.3)
     c.legend(fontsize=7, ncol=2)

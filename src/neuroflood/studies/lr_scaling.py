@@ -1,12 +1,20 @@
 """Learning-rate scaling study: which LR is best for N synchronous workers?
 
-As the LR figure of Dong et al. 2019: for each worker count N and each learning rate of a
-grid, train at a fixed sample budget (``fovs`` FOVs in total, so ``fovs // (N·B)`` steps of a
-global batch N·B; ``fixed_sample_budget``) and measure held-out voxel accuracy and F1 at the
-end. Each metric is normalised by the best run at the same N; the figure overlays the
-linear (base·N) and square-root (base·√N) rules. Every configuration runs without warm-up
-and with a linear warm-up over ``warmup_fraction`` of its steps (the paper's warm-up lengths
-are unknown).
+As the LR figure of Dong et al. 2019: every worker count N trains at a fixed sample budget
+(``fovs`` FOVs in total, so ``fovs // (N·B)`` steps of a global batch N·B;
+``fixed_sample_budget``), without warm-up and with a linear warm-up over ``warmup_fraction``
+of its steps (the paper's warm-up lengths are unknown), at
+
+* the learning rate of each scaling **rule** (``rules``): none = base, linear = base·N,
+  sqrt = base·√N, the paper's comparison; and
+* an LR **grid**, base × ``lr_factors`` at every N (absolute rates, no rule): the paper's own
+  form, each point normalised by the best point at the same N and warm-up.
+
+Every point trains ``seeds`` times (initial weights and example order change with the seed;
+the held-out examples do not) and is scored by the mean and 95 % confidence interval over
+seeds of each run's final-window held-out accuracy, F1 and loss
+(:mod:`~neuroflood.studies.statistics`). A rule's rate that is also on the grid is trained
+once and reported under both.
 
 Workers are emulated by default (gradient accumulation in one process: the optimisation of
 N workers, exactly); ``mode="real"`` runs N ranks instead, e.g. on a cluster with a launcher.
@@ -21,21 +29,44 @@ from typing import Any
 
 from ..config import ModelConfig
 from ..errors import ConfigError
-from .common import STUDY_MODEL, base_options, execute_all, machine, prepare_synthetic, write_json
+from .common import EVAL_EXAMPLES, STUDY_MODEL, base_options, execute_seeded, heldout_examples, machine, prepare_synthetic, write_json
 from .figures import plot_lr_scaling
+from .statistics import FINAL_WINDOW, run_record, seed_list, summarise
+
+RULES = ("none", "linear", "sqrt")
+
+
+def rule_lr(rule: str, base_lr: float, workers: int) -> float:
+    """The learning rate of a scaling rule for N workers: base, base·N or base·√N."""
+    scale = {"none": 1.0, "linear": float(workers), "sqrt": math.sqrt(workers)}
+    if rule not in scale:
+        raise ConfigError(f"unknown LR rule {rule!r}; choose from {', '.join(RULES)}")
+    return float(f"{base_lr * scale[rule]:.12g}")
+
+
+def _grid(workers: Sequence[int], rules: Sequence[str], lr_factors: Sequence[float], base_lr: float) -> list[tuple[int, str, float]]:
+    """(N, rule or "grid", learning rate) of every point, rules first at each N."""
+    out = []
+    for n in workers:
+        out += [(n, r, rule_lr(r, base_lr, n)) for r in rules]
+        out += [(n, "grid", float(f"{base_lr * f:.12g}")) for f in lr_factors]
+    return out
 
 
 def run_lr_scaling(
     out: str | Path,
     workers: Sequence[int] = (1, 2, 4, 8),
     lr_factors: Sequence[float] = (0.5, 1, 2, 4, 8),
+    rules: Sequence[str] = RULES,
     base_lr: float = 1e-3,
     warmup_fraction: float = 0.1,
     fovs: int = 2400,
     batch_size: int = 4,
     optimizer: str = "adam",
     model: str = STUDY_MODEL,
-    eval_examples: int = 64,
+    eval_examples: int = EVAL_EXAMPLES,
+    evaluations: int = 10,
+    seeds: int = 1,
     mode: str = "emulated",
     launcher: str | None = None,
     threads: int = 1,
@@ -44,75 +75,63 @@ def run_lr_scaling(
     seed: int = 0,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
-    """Run the grid; write ``OUT/lr_scaling.json`` and ``OUT/lr_scaling_{f1,accuracy}.png``.
-
-    The LR grid is ``base_lr × lr_factors`` at every N (absolute learning rates, no scaling
-    rule applied), so that the best LR per N can be compared with the rules afterwards.
-    """
+    """Run the study; write ``OUT/lr_scaling.json`` and ``OUT/lr_scaling_{f1,accuracy}.png``; return its points."""
     if workers and fovs < max(workers) * batch_size:
         raise ConfigError(
             f"--fovs {fovs} is less than one step of {max(workers)} workers × {batch_size} FOVs; raise --fovs to at least "
             f"{max(workers) * batch_size}"
         )
+    if evaluations < 1 or seeds < 1:
+        raise ConfigError(f"--evaluations ({evaluations}) and --seeds ({seeds}) must be >= 1")
+    if not rules and not lr_factors:
+        raise ConfigError("nothing to run: give --rules or --lr-factors")
     out = Path(out)
     mcfg = ModelConfig.parse_spec(model)
     data = prepare_synthetic(out / "data", mcfg, size=data_size, seed=seed)
-    grid, jobs_list = [], []
-    for n in workers:
+    points, configs = [], []
+    for n, rule, lr in _grid(workers, rules, lr_factors, base_lr):
         steps = fovs // (n * batch_size)
-        for factor in lr_factors:
-            for warm in (False, True):
-                w = max(1, round(warmup_fraction * steps)) if warm else 0
-                lr = base_lr * factor
-                name = f"n{n}-lr{lr:.3g}-warmup{w}"
-                options = base_options(
-                    out / "runs" / name,
-                    mcfg,
-                    data,
-                    batch_size=batch_size,
-                    optimizer=optimizer,
-                    learning_rate=lr,
-                    lr_scaling="none",
-                    warmup_steps=w,
-                    max_steps=fovs // batch_size,
-                    fixed_sample_budget=True,
-                    eval_examples=eval_examples,
-                    seed=seed,
-                )
-                grid.append(
-                    {
-                        "workers": n,
-                        "learning_rate": lr,
-                        "lr_factor": factor,
-                        "warmup": warm,
-                        "warmup_steps": w,
-                        "steps": steps,
-                        "global_batch": n * batch_size,
-                        "fovs": steps * n * batch_size,
-                    }
-                )
-                jobs_list.append((options, n))
-    results = execute_all(jobs_list, mode, launcher, threads, jobs, progress)
-    rows = []
-    for g, res in zip(grid, results):
-        final = res["eval"][-1] if res["eval"] else {}
-        rows.append(
-            {
-                **g,
-                "accuracy": final.get("accuracy"),
-                "f1": final.get("f1"),
-                "loss": final.get("loss"),
-                "precision": final.get("precision"),
-                "recall": final.get("recall"),
-                "train_time_s": final.get("time_s"),
-            }
-        )
-    normalise(rows, ("accuracy", "f1"))
+        for warm in (False, True):
+            w = max(1, round(warmup_fraction * steps)) if warm else 0
+            options = base_options(
+                out / "runs" / f"n{n}-lr{lr:.6g}-warmup{w}",
+                mcfg,
+                data,
+                batch_size=batch_size,
+                optimizer=optimizer,
+                learning_rate=lr,
+                lr_scaling="none",
+                warmup_steps=w,
+                max_steps=fovs // batch_size,
+                fixed_sample_budget=True,
+                eval_every_steps=max(1, steps // evaluations),
+                eval_examples=eval_examples,
+            )
+            configs.append((options, n))
+            points.append(
+                {
+                    "workers": n,
+                    "rule": rule,
+                    "warmup": warm,
+                    "learning_rate": lr,
+                    "lr_factor": lr / base_lr,
+                    "warmup_steps": w,
+                    "steps": steps,
+                    "global_batch": n * batch_size,
+                    "fovs": steps * n * batch_size,
+                }
+            )
+    results = execute_seeded(configs, seed_list(seed, seeds), mode, launcher, threads, jobs, progress)
+    for p, runs in zip(points, results):
+        p["runs"] = [run_record(s, res, run_dir, p["global_batch"]) for s, run_dir, res in runs]
+        p.update(summarise(p["runs"]))
+    normalise(points, ("accuracy", "f1"))
     report = {
         "study": "lr-scaling",
         "machine": machine(),
         "config": {
             "workers": list(workers),
+            "rules": list(rules),
             "lr_factors": list(lr_factors),
             "base_lr": base_lr,
             "warmup_fraction": warmup_fraction,
@@ -121,45 +140,55 @@ def run_lr_scaling(
             "optimizer": optimizer,
             "model": model,
             "mode": mode,
-            "eval_examples": eval_examples,
+            "seeds": seed_list(seed, seeds),
+            "evaluations": evaluations,
+            "final_window": FINAL_WINDOW,
+            "eval_examples": heldout_examples(data, eval_examples),
             "data": f"synthetic {data_size}^3, held-out volume seed {seed + 1}",
         },
-        "best": best_per_workers(rows, base_lr),
-        "runs": rows,
+        "best": best_per_workers(points, base_lr),
+        "points": points,
     }
     write_json(out / "lr_scaling.json", report)
     for metric in ("f1", "accuracy"):
-        plot_lr_scaling(rows, out / f"lr_scaling_{metric}.png", base_lr, metric)
-    return rows
+        plot_lr_scaling(points, out / f"lr_scaling_{metric}.png", base_lr, metric)
+    return points
 
 
-def normalise(rows: list[dict[str, Any]], metrics: Sequence[str]) -> None:
-    """Add ``normalized_<metric>``: the metric over the best run with the same N and warm-up."""
+def _mean(point: dict[str, Any], metric: str) -> float | None:
+    value = point.get(metric)
+    return value.get("mean") if isinstance(value, dict) else value
+
+
+def normalise(points: list[dict[str, Any]], metrics: Sequence[str]) -> None:
+    """Add ``normalized_<metric>``: the point's mean over the best mean with the same N and warm-up."""
     for m in metrics:
-        for r in rows:
-            peers = [p[m] for p in rows if p["workers"] == r["workers"] and p["warmup"] == r["warmup"] and p[m] is not None]
-            top = max(peers, default=0.0)
-            r[f"normalized_{m}"] = (r[m] / top) if (r[m] is not None and top > 0) else None
+        for p in points:
+            peers = [v for q in points if q["workers"] == p["workers"] and q["warmup"] == p["warmup"] and (v := _mean(q, m)) is not None]
+            top, mine = max(peers, default=0.0), _mean(p, m)
+            p[f"normalized_{m}"] = (mine / top) if (mine is not None and top > 0) else None
 
 
-def best_per_workers(rows: list[dict[str, Any]], base_lr: float) -> list[dict[str, Any]]:
-    """Best LR at each (N, warm-up) by F1 (ties: accuracy), beside the linear and sqrt rules."""
+def best_per_workers(points: list[dict[str, Any]], base_lr: float) -> list[dict[str, Any]]:
+    """Best LR at each (N, warm-up) by mean F1 (ties: accuracy), beside the rules' rates and scores."""
     out = []
-    for n in sorted({r["workers"] for r in rows}):
+    for n in sorted({p["workers"] for p in points}):
         for warm in (False, True):
-            sub = [r for r in rows if r["workers"] == n and r["warmup"] == warm and r["f1"] is not None]
+            sub = [p for p in points if p["workers"] == n and p["warmup"] == warm and _mean(p, "f1") is not None]
             if not sub:
                 continue
-            top = max(sub, key=lambda r: (r["f1"], r["accuracy"] or 0))
+            top = max(sub, key=lambda p: (_mean(p, "f1"), _mean(p, "accuracy") or 0))
             out.append(
                 {
                     "workers": n,
                     "warmup": warm,
                     "best_learning_rate": top["learning_rate"],
-                    "f1": top["f1"],
-                    "accuracy": top["accuracy"],
+                    "f1": _mean(top, "f1"),
+                    "f1_ci95": top["f1"].get("ci95") if isinstance(top["f1"], dict) else None,
+                    "accuracy": _mean(top, "accuracy"),
                     "linear_rule": base_lr * n,
                     "sqrt_rule": base_lr * math.sqrt(n),
+                    "rules": {p["rule"]: p["f1"] for p in sub if p.get("rule", "grid") != "grid"},
                 }
             )
     return out

@@ -10,6 +10,12 @@ first reaches ``target_accuracy`` (0.95, the paper's headline threshold), or Non
 
 Each optimizer has its own base learning rate (:data:`DEFAULT_LRS`): one LR for all would
 compare learning rates more than optimizers. They are common starting points, not tuned.
+
+Every configuration trains ``seeds`` times (weights and example order change with the seed);
+reported per configuration: the mean and 95 % confidence interval over seeds of the runs'
+final-window held-out accuracy, F1 and loss, of their best accuracy, and of the time to the
+target among the runs that reached it (``reached`` says how many), with every run and its
+curve (:mod:`~neuroflood.studies.statistics`).
 """
 
 from __future__ import annotations
@@ -20,8 +26,19 @@ from typing import Any
 
 from ..config import ModelConfig
 from ..errors import ConfigError
-from .common import STUDY_MODEL, base_options, execute_all, first_time, machine, prepare_synthetic, write_json
+from .common import (
+    EVAL_EXAMPLES,
+    STUDY_MODEL,
+    base_options,
+    execute_seeded,
+    first_time,
+    heldout_examples,
+    machine,
+    prepare_synthetic,
+    write_json,
+)
 from .figures import plot_optimizers
+from .statistics import FINAL_WINDOW, mean_ci95, mean_curve, run_record, seed_list, summarise
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "adagrad", "rmsprop")
 DEFAULT_LRS = {"sgd": 0.05, "momentum": 0.005, "adam": 1e-3, "adagrad": 0.05, "rmsprop": 1e-3}
@@ -39,7 +56,8 @@ def run_optimizers(
     lr_scaling: str = "sqrt",
     target_accuracy: float = 0.95,
     model: str = STUDY_MODEL,
-    eval_examples: int = 64,
+    eval_examples: int = EVAL_EXAMPLES,
+    seeds: int = 1,
     mode: str = "emulated",
     launcher: str | None = None,
     threads: int = 1,
@@ -53,8 +71,8 @@ def run_optimizers(
     if unknown:
         raise ConfigError(f"unknown optimizer(s) {unknown}; choose from {', '.join(OPTIMIZERS)}")
     lrs = {**DEFAULT_LRS, **(learning_rates or {})}
-    if evaluations < 1:
-        raise ConfigError(f"--evaluations {evaluations} must be >= 1")
+    if evaluations < 1 or seeds < 1:
+        raise ConfigError(f"--evaluations ({evaluations}) and --seeds ({seeds}) must be >= 1")
     steps = fovs // (workers * batch_size)
     if steps < 1:
         raise ConfigError(f"--fovs {fovs} is less than one step of {workers} × {batch_size} FOVs; raise --fovs")
@@ -77,25 +95,26 @@ def run_optimizers(
                 max_steps=steps,
                 eval_every_steps=max(1, steps // evaluations),
                 eval_examples=eval_examples,
-                seed=seed,
             )
             jobs_list.append((options, workers))
             meta.append({"optimizer": opt, "learning_rate": lrs[opt], "warmup": warm, "warmup_steps": w, "steps": steps})
-    results = execute_all(jobs_list, mode, launcher, threads, jobs, progress)
+    results = execute_seeded(jobs_list, seed_list(seed, seeds), mode, launcher, threads, jobs, progress)
+    key = f"time_to_{target_accuracy:g}_accuracy_s"
     rows = []
-    for m, res in zip(meta, results):
-        ev = res["eval"]
-        final = ev[-1] if ev else {}
+    for m, runs in zip(meta, results):
+        records = [run_record(s, res, run_dir, workers * batch_size) for s, run_dir, res in runs]
+        for r in records:
+            r["best_accuracy"] = max((p["accuracy"] for p in r["curve"] if p["accuracy"] is not None), default=None)
+            r[key] = first_time(r["curve"], "accuracy", target_accuracy)
         rows.append(
             {
                 **m,
-                "f1": final.get("f1"),
-                "accuracy": final.get("accuracy"),
-                "loss": final.get("loss"),
-                "best_accuracy": max((r["accuracy"] for r in ev if r["accuracy"] is not None), default=None),
-                f"time_to_{target_accuracy:g}_accuracy_s": first_time(ev, "accuracy", target_accuracy),
-                "train_time_s": final.get("time_s"),
-                "curve": [{"step": r["step"], "time_s": r["time_s"], "accuracy": r["accuracy"], "f1": r["f1"]} for r in ev],
+                **summarise(records),
+                "best_accuracy": mean_ci95(r["best_accuracy"] for r in records),
+                key: mean_ci95(r[key] for r in records),
+                "reached": sum(r[key] is not None for r in records),
+                "curve": mean_curve(records),
+                "runs": records,
             }
         )
     report = {
@@ -112,10 +131,12 @@ def run_optimizers(
             "target_accuracy": target_accuracy,
             "model": model,
             "mode": mode,
-            "eval_examples": eval_examples,
+            "seeds": seed_list(seed, seeds),
+            "final_window": FINAL_WINDOW,
+            "eval_examples": heldout_examples(data, eval_examples),
             "data": f"synthetic {data_size}^3, held-out volume seed {seed + 1}",
         },
-        "runs": rows,
+        "points": rows,
     }
     write_json(out / "optimizers.json", report)
     plot_optimizers(rows, out / "optimizers.png", target_accuracy)
