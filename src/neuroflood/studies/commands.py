@@ -324,66 +324,46 @@ def _scaling(args: argparse.Namespace) -> int:
     return _done(f"{args.out}/scaling.json, {args.out}/scaling.png")
 
 
-def _lr_scaling(args: argparse.Namespace) -> int:
-    _start(args)
-    check_files(args.out, ("lr_scaling.json", "lr_scaling_f1.png", "lr_scaling_accuracy.png"), "study")
-    from .lr_scaling import run_lr_scaling
+# The training studies: their own options (read from the command line by name), the files they
+# write, and the options every one of them takes alike (_training_kw).
+TRAINING_STUDIES = {
+    "lr_scaling": (
+        ("workers", "lr_factors", "rules", "evaluations", "base_lr", "warmup_fraction", "fovs", "batch_size", "optimizer"),
+        ("lr_scaling.json", "lr_scaling_f1.png", "lr_scaling_accuracy.png"),
+    ),
+    "batch_size": (
+        ("global_batches", "batch_size", "fovs", "evaluations", "base_lr", "lr_scaling", "warmup_fraction", "optimizer"),
+        ("batch_size.json", "batch_size.png"),
+    ),
+    "optimizers": (
+        ("learning_rates", "workers", "batch_size", "fovs", "evaluations", "warmup_fraction", "lr_scaling", "target_accuracy"),
+        ("optimizers.json", "optimizers.png"),
+    ),
+}
 
-    run_lr_scaling(
-        args.out,
-        workers=args.workers,
-        lr_factors=args.lr_factors,
-        rules=args.rules,
-        evaluations=args.evaluations,
-        base_lr=args.base_lr,
-        warmup_fraction=args.warmup_fraction,
-        fovs=args.fovs,
-        batch_size=args.batch_size,
-        optimizer=args.optimizer,
-        **_training_kw(args),
-    )
-    return _done(f"{args.out}/lr_scaling.json, {args.out}/lr_scaling_f1.png, {args.out}/lr_scaling_accuracy.png")
+
+def _training_study(name: str, args: argparse.Namespace, **extra: Any) -> int:
+    """Run the training study ``name`` (module ``studies/NAME.py``, function ``run_NAME``)."""
+    import importlib
+
+    options, files = TRAINING_STUDIES[name]
+    _start(args)
+    check_files(args.out, files, "study")
+    run = getattr(importlib.import_module(f".{name}", __package__), f"run_{name}")
+    run(args.out, **{k: getattr(args, k) for k in options}, **extra, **_training_kw(args))
+    return _done(", ".join(f"{args.out}/{f}" for f in files))
+
+
+def _lr_scaling(args: argparse.Namespace) -> int:
+    return _training_study("lr_scaling", args)
 
 
 def _batch_size(args: argparse.Namespace) -> int:
-    _start(args)
-    check_files(args.out, ("batch_size.json", "batch_size.png"), "study")
-    from .batch_size import run_batch_size
-
-    run_batch_size(
-        args.out,
-        global_batches=args.global_batches,
-        batch_size=args.batch_size,
-        fovs=args.fovs,
-        evaluations=args.evaluations,
-        base_lr=args.base_lr,
-        lr_scaling=args.lr_scaling,
-        warmup_fraction=args.warmup_fraction,
-        optimizer=args.optimizer,
-        **_training_kw(args),
-    )
-    return _done(f"{args.out}/batch_size.json, {args.out}/batch_size.png")
+    return _training_study("batch_size", args)
 
 
 def _optimizers(args: argparse.Namespace) -> int:
-    _start(args)
-    check_files(args.out, ("optimizers.json", "optimizers.png"), "study")
-    from .optimizers import run_optimizers
-
-    run_optimizers(
-        args.out,
-        optimizers=[o.strip() for o in args.optimizers.split(",") if o.strip()],
-        learning_rates=args.learning_rates,
-        workers=args.workers,
-        batch_size=args.batch_size,
-        fovs=args.fovs,
-        evaluations=args.evaluations,
-        warmup_fraction=args.warmup_fraction,
-        lr_scaling=args.lr_scaling,
-        target_accuracy=args.target_accuracy,
-        **_training_kw(args),
-    )
-    return _done(f"{args.out}/optimizers.json, {args.out}/optimizers.png")
+    return _training_study("optimizers", args, optimizers=[o.strip() for o in args.optimizers.split(",") if o.strip()])
 
 
 def _project(args: argparse.Namespace) -> int:
