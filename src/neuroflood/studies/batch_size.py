@@ -24,11 +24,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..config import ModelConfig
 from ..errors import ConfigError
-from .common import EVAL_EXAMPLES, STUDY_MODEL, base_options, execute_seeded, heldout_examples, machine, prepare_synthetic, write_json
+from .common import (
+    StudyRuns,
+    base_options,
+    execute_seeded,
+    machine,
+    write_json,
+)
 from .figures import plot_batch_size
-from .statistics import FINAL_WINDOW, mean_curve, run_record, seed_list, summarise
+from .statistics import mean_curve, run_record, seed_list, summarise
 
 
 def run_batch_size(
@@ -41,28 +46,18 @@ def run_batch_size(
     lr_scaling: str = "sqrt",
     warmup_fraction: float = 0.1,
     optimizer: str = "adam",
-    model: str = STUDY_MODEL,
-    eval_examples: int = EVAL_EXAMPLES,
-    seeds: int = 1,
-    mode: str = "emulated",
-    launcher: str | None = None,
-    threads: int = 1,
-    jobs: int = 1,
-    data_size: int = 80,
-    seed: int = 0,
-    progress: bool = True,
+    runs: StudyRuns = StudyRuns(),
 ) -> list[dict[str, Any]]:
     """Train each global batch ``seeds`` times; write ``OUT/batch_size.json`` and ``OUT/batch_size.png``."""
+    model, eval_examples, seeds, mode, launcher, threads, jobs, data_size, seed, progress = runs.values()
     bad = [g for g in global_batches if g % batch_size or g < batch_size]
     if bad:
         raise ConfigError(f"global batch(es) {bad} are not multiples of the per-worker batch {batch_size}; choose multiples")
     if global_batches and fovs < max(global_batches):
         raise ConfigError(f"--fovs {fovs} is less than one step of the global batch {max(global_batches)}; raise --fovs")
-    if evaluations < 1 or seeds < 1:
-        raise ConfigError(f"--evaluations ({evaluations}) and --seeds ({seeds}) must be >= 1")
+    runs.check(evaluations)
     out = Path(out)
-    mcfg = ModelConfig.parse_spec(model)
-    data = prepare_synthetic(out / "data", mcfg, size=data_size, seed=seed)
+    mcfg, data = runs.prepare(out)
     jobs_list, meta = [], []
     for g in global_batches:
         n = g // batch_size
@@ -84,9 +79,9 @@ def run_batch_size(
         meta.append({"global_batch": g, "workers": n, "steps": steps, "warmup_steps": options["warmup_steps"]})
     results = execute_seeded(jobs_list, seed_list(seed, seeds), mode, launcher, threads, jobs, progress)
     curves = []
-    for m, runs in zip(meta, results):
+    for m, seeded in zip(meta, results):
         n = m["workers"]
-        records = [run_record(s, res, run_dir, m["global_batch"]) for s, run_dir, res in runs]
+        records = [run_record(s, res, run_dir, m["global_batch"]) for s, run_dir, res in seeded]
         points = mean_curve(records)
         for p in points:
             p["modelled_time_s"] = p["time_s"] / n if mode == "emulated" and p["time_s"] is not None else p["time_s"]
@@ -102,12 +97,7 @@ def run_batch_size(
             "lr_scaling": lr_scaling,
             "warmup_fraction": warmup_fraction,
             "optimizer": optimizer,
-            "model": model,
-            "mode": mode,
-            "seeds": seed_list(seed, seeds),
-            "final_window": FINAL_WINDOW,
-            "eval_examples": heldout_examples(data, eval_examples),
-            "data": f"synthetic {data_size}^3, held-out volume seed {seed + 1}",
+            **runs.record(data),
         },
         "curves": curves,
     }

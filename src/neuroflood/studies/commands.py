@@ -217,7 +217,9 @@ def _kw(args: argparse.Namespace, *names: str) -> dict[str, Any]:
 
 def _training_kw(args: argparse.Namespace) -> dict[str, Any]:
     """The options every training study (lr-scaling, batch-size, optimizers) takes alike."""
-    return dict(
+    from .common import StudyRuns
+
+    runs = StudyRuns(
         seeds=args.seeds,
         mode=args.mode,
         launcher=args.launcher,
@@ -226,6 +228,7 @@ def _training_kw(args: argparse.Namespace) -> dict[str, Any]:
         seed=args.seed,
         **_kw(args, "model", "data_size", "eval_examples"),
     )
+    return {"runs": runs}
 
 
 def _check(args: argparse.Namespace) -> None:

@@ -24,6 +24,7 @@ import sys
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,51 @@ STUDY_SYNTH = {"radius_range": (3.0, 7.0), "density": 1.0, "noise": 4.0}
 # Held-out examples per evaluation of the learning studies: the same first 512 coordinates of
 # the held-out volume for every run and seed (64 gave evaluation noise of ±0.2 in F1).
 EVAL_EXAMPLES = 512
+
+
+@dataclass(frozen=True)
+class StudyRuns:
+    """How a learning study runs its trainings: the options lr-scaling, batch-size and
+    optimizers share (the network, the held-out set, seeds, where and how runs execute)."""
+
+    model: str = STUDY_MODEL
+    eval_examples: int = EVAL_EXAMPLES
+    seeds: int = 1  # training seeds seed, seed + 1, …: initial weights and data order
+    mode: str = "emulated"
+    launcher: str | None = None
+    threads: int = 1
+    jobs: int = 1
+    data_size: int = 80
+    seed: int = 0  # the data, the held-out volume and the first training seed
+    progress: bool = True
+
+    def values(self) -> tuple[Any, ...]:
+        """The fields in declaration order (model, eval_examples, …, progress)."""
+        return astuple(self)
+
+    def check(self, evaluations: int) -> None:
+        if evaluations < 1 or self.seeds < 1:
+            raise ConfigError(f"--evaluations ({evaluations}) and --seeds ({self.seeds}) must be >= 1")
+
+    def prepare(self, out: Path) -> tuple[Any, dict[str, Any]]:
+        """The network's config and the study's synthetic data (made once under ``out/data``)."""
+        from ..config import ModelConfig
+
+        mcfg = ModelConfig.parse_spec(self.model)
+        return mcfg, prepare_synthetic(out / "data", mcfg, size=self.data_size, seed=self.seed)
+
+    def record(self, data: dict[str, Any]) -> dict[str, Any]:
+        """The entries of a study's JSON ``config`` that describe these runs."""
+        from .statistics import FINAL_WINDOW, seed_list
+
+        return {
+            "model": self.model,
+            "mode": self.mode,
+            "seeds": seed_list(self.seed, self.seeds),
+            "final_window": FINAL_WINDOW,
+            "eval_examples": heldout_examples(data, self.eval_examples),
+            "data": f"synthetic {self.data_size}^3, held-out volume seed {self.seed + 1}",
+        }
 
 
 def prepare_synthetic(work: str | os.PathLike, model: ModelConfig, size: int = 80, seed: int = 0, progress: bool = False) -> dict[str, Any]:

@@ -27,11 +27,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..config import ModelConfig
 from ..errors import ConfigError
-from .common import EVAL_EXAMPLES, STUDY_MODEL, base_options, execute_seeded, heldout_examples, machine, prepare_synthetic, write_json
+from .common import (
+    StudyRuns,
+    base_options,
+    execute_seeded,
+    machine,
+    write_json,
+)
 from .figures import plot_lr_scaling
-from .statistics import FINAL_WINDOW, run_record, seed_list, summarise
+from .statistics import run_record, seed_list, summarise
 
 RULES = ("none", "linear", "sqrt")
 
@@ -63,31 +68,21 @@ def run_lr_scaling(
     fovs: int = 2400,
     batch_size: int = 4,
     optimizer: str = "adam",
-    model: str = STUDY_MODEL,
-    eval_examples: int = EVAL_EXAMPLES,
     evaluations: int = 10,
-    seeds: int = 1,
-    mode: str = "emulated",
-    launcher: str | None = None,
-    threads: int = 1,
-    jobs: int = 2,
-    data_size: int = 80,
-    seed: int = 0,
-    progress: bool = True,
+    runs: StudyRuns = StudyRuns(),
 ) -> list[dict[str, Any]]:
     """Run the study; write ``OUT/lr_scaling.json`` and ``OUT/lr_scaling_{f1,accuracy}.png``; return its points."""
+    model, eval_examples, seeds, mode, launcher, threads, jobs, data_size, seed, progress = runs.values()
     if workers and fovs < max(workers) * batch_size:
         raise ConfigError(
             f"--fovs {fovs} is less than one step of {max(workers)} workers × {batch_size} FOVs; raise --fovs to at least "
             f"{max(workers) * batch_size}"
         )
-    if evaluations < 1 or seeds < 1:
-        raise ConfigError(f"--evaluations ({evaluations}) and --seeds ({seeds}) must be >= 1")
+    runs.check(evaluations)
     if not rules and not lr_factors:
         raise ConfigError("nothing to run: give --rules or --lr-factors")
     out = Path(out)
-    mcfg = ModelConfig.parse_spec(model)
-    data = prepare_synthetic(out / "data", mcfg, size=data_size, seed=seed)
+    mcfg, data = runs.prepare(out)
     points, configs = [], []
     for n, rule, lr in _grid(workers, rules, lr_factors, base_lr):
         steps = fovs // (n * batch_size)
@@ -122,8 +117,8 @@ def run_lr_scaling(
                 }
             )
     results = execute_seeded(configs, seed_list(seed, seeds), mode, launcher, threads, jobs, progress)
-    for p, runs in zip(points, results):
-        p["runs"] = [run_record(s, res, run_dir, p["global_batch"]) for s, run_dir, res in runs]
+    for p, seeded in zip(points, results):
+        p["runs"] = [run_record(s, res, run_dir, p["global_batch"]) for s, run_dir, res in seeded]
         p.update(summarise(p["runs"]))
     normalise(points, ("accuracy", "f1"))
     report = {
@@ -138,13 +133,8 @@ def run_lr_scaling(
             "fovs": fovs,
             "batch_size_per_worker": batch_size,
             "optimizer": optimizer,
-            "model": model,
-            "mode": mode,
-            "seeds": seed_list(seed, seeds),
             "evaluations": evaluations,
-            "final_window": FINAL_WINDOW,
-            "eval_examples": heldout_examples(data, eval_examples),
-            "data": f"synthetic {data_size}^3, held-out volume seed {seed + 1}",
+            **runs.record(data),
         },
         "best": best_per_workers(points, base_lr),
         "points": points,

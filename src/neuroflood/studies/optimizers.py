@@ -24,21 +24,17 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..config import ModelConfig
 from ..errors import ConfigError
 from .common import (
-    EVAL_EXAMPLES,
-    STUDY_MODEL,
+    StudyRuns,
     base_options,
     execute_seeded,
     first_time,
-    heldout_examples,
     machine,
-    prepare_synthetic,
     write_json,
 )
 from .figures import plot_optimizers
-from .statistics import FINAL_WINDOW, mean_ci95, mean_curve, run_record, seed_list, summarise
+from .statistics import mean_ci95, mean_curve, run_record, seed_list, summarise
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "adagrad", "rmsprop")
 DEFAULT_LRS = {"sgd": 0.05, "momentum": 0.005, "adam": 1e-3, "adagrad": 0.05, "rmsprop": 1e-3}
@@ -55,30 +51,20 @@ def run_optimizers(
     warmup_fraction: float = 0.1,
     lr_scaling: str = "sqrt",
     target_accuracy: float = 0.95,
-    model: str = STUDY_MODEL,
-    eval_examples: int = EVAL_EXAMPLES,
-    seeds: int = 1,
-    mode: str = "emulated",
-    launcher: str | None = None,
-    threads: int = 1,
-    jobs: int = 1,
-    data_size: int = 80,
-    seed: int = 0,
-    progress: bool = True,
+    runs: StudyRuns = StudyRuns(),
 ) -> list[dict[str, Any]]:
     """Train every optimizer with and without warm-up; write ``OUT/optimizers.json`` and ``.png``."""
+    model, eval_examples, seeds, mode, launcher, threads, jobs, data_size, seed, progress = runs.values()
     unknown = [o for o in optimizers if o not in OPTIMIZERS]
     if unknown:
         raise ConfigError(f"unknown optimizer(s) {unknown}; choose from {', '.join(OPTIMIZERS)}")
     lrs = {**DEFAULT_LRS, **(learning_rates or {})}
-    if evaluations < 1 or seeds < 1:
-        raise ConfigError(f"--evaluations ({evaluations}) and --seeds ({seeds}) must be >= 1")
+    runs.check(evaluations)
     steps = fovs // (workers * batch_size)
     if steps < 1:
         raise ConfigError(f"--fovs {fovs} is less than one step of {workers} × {batch_size} FOVs; raise --fovs")
     out = Path(out)
-    mcfg = ModelConfig.parse_spec(model)
-    data = prepare_synthetic(out / "data", mcfg, size=data_size, seed=seed)
+    mcfg, data = runs.prepare(out)
     jobs_list, meta = [], []
     for opt in optimizers:
         for warm in (False, True):
@@ -101,8 +87,8 @@ def run_optimizers(
     results = execute_seeded(jobs_list, seed_list(seed, seeds), mode, launcher, threads, jobs, progress)
     key = f"time_to_{target_accuracy:g}_accuracy_s"
     rows = []
-    for m, runs in zip(meta, results):
-        records = [run_record(s, res, run_dir, workers * batch_size) for s, run_dir, res in runs]
+    for m, seeded in zip(meta, results):
+        records = [run_record(s, res, run_dir, workers * batch_size) for s, run_dir, res in seeded]
         for r in records:
             r["best_accuracy"] = max((p["accuracy"] for p in r["curve"] if p["accuracy"] is not None), default=None)
             r[key] = first_time(r["curve"], "accuracy", target_accuracy)
@@ -129,12 +115,7 @@ def run_optimizers(
             "warmup_fraction": warmup_fraction,
             "lr_scaling": lr_scaling,
             "target_accuracy": target_accuracy,
-            "model": model,
-            "mode": mode,
-            "seeds": seed_list(seed, seeds),
-            "final_window": FINAL_WINDOW,
-            "eval_examples": heldout_examples(data, eval_examples),
-            "data": f"synthetic {data_size}^3, held-out volume seed {seed + 1}",
+            **runs.record(data),
         },
         "points": rows,
     }
