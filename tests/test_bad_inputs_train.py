@@ -414,3 +414,13 @@ def test_inputs_in_unicode_paths_with_spaces_work(data, tmp_path, capsys):
     assert code == 0, err
     assert (where / "rün" / "checkpoints" / "step-00000001" / "model" / "model.safetensors").is_file()
     assert not [p.name for p in where.iterdir() if "lock" in p.name]
+
+
+def test_train_never_writes_into_a_users_folder(data, tmp_path, capsys):
+    """A --run-dir holding the user's own files (a config.json of theirs) is refused untouched."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text('{"my": "settings"}\n')
+    case = Case("run-dir-users-folder", [a for a in TRAIN], r"holds files that neuroflood train did not write \(config.json\)")
+    check_refused(_resolve(case, data), tmp_path, capsys)
+    assert (run / "config.json").read_text() == '{"my": "settings"}\n'

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..atomic import atomic_write_text
 from ..errors import ConfigError
-from ..outputs import exclusive
+from ..outputs import exclusive, made_by, write_marker
 from .checkpoint import latest_checkpoint
 from .config import TrainConfig
 
@@ -55,6 +55,7 @@ def hold_run_dir(run_dir: str, holder: bool = True) -> Iterator[RunDirGuard]:
     existing = set(os.listdir(path)) if fresh is None and os.path.isdir(path) else set()
     try:
         with exclusive(run_dir, f"--run-dir {run_dir}"):
+            check_run_dir_is_ours(Path(path), run_dir)
             # Nested holders in this process and the launcher's workers see that it is held.
             previous = os.environ.get(RUN_DIR_HELD)
             os.environ[RUN_DIR_HELD] = path
@@ -129,16 +130,41 @@ def check_run_dir_writable(run_dir: str) -> None:
 
 
 def prepare_run_dir(run_dir: str | os.PathLike) -> Path:
-    """Create ``run_dir`` and check that files can be written there (one-line ConfigError)."""
+    """Create ``run_dir``, check that files can be written there (one-line ConfigError) and
+    mark it as a training run's (see :func:`check_run_dir_is_ours`)."""
     path = Path(run_dir)
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".write-test-{os.getpid()}"
         probe.write_text("ok")
         probe.unlink()
+        if made_by(path) != "train":
+            write_marker(path, "train")
     except OSError as e:
         raise ConfigError(f"cannot write to run directory {run_dir} ({e.strerror or e}); choose a writable --run-dir") from None
     return path
+
+
+# What a run directory of neuroflood train holds; a directory with only these (or nothing) is
+# a run's, and one with checkpoints or a metrics log is a run from before run markers existed.
+RUN_FILES = {"config.json", "metrics.jsonl", "launches.jsonl", "step_times.jsonl", "checkpoints", "tb", "samples"}
+
+
+def check_run_dir_is_ours(path: Path, shown: str) -> None:
+    """Refuse a run directory that holds files neuroflood train did not write.
+
+    Training writes ``config.json`` and logs into its run directory; a folder of the user's
+    (their own ``config.json``, notes, data) is never written into.
+    """
+    if not path.is_dir() or made_by(path) == "train":
+        return
+    entries = {e for e in os.listdir(path) if not e.startswith(".")}
+    if not entries or ((path / "checkpoints").is_dir() or (path / "metrics.jsonl").is_file()) and entries <= RUN_FILES:
+        return
+    raise ConfigError(
+        f"--run-dir {shown} holds files that neuroflood train did not write ({', '.join(sorted(entries)[:3])}); "
+        "choose a new or empty run directory"
+    )
 
 
 def write_config(run_dir: str | os.PathLike, config: TrainConfig) -> None:
