@@ -528,3 +528,14 @@ def test_a_study_never_replaces_a_users_file(tmp_path, capsys):
     code, _, err = run_cli(["study", "lr-scaling", "--out", str(out)], capsys)
     assert code == 2 and "was not written by neuroflood study" in err
     assert (out / "lr_scaling.json").read_text() == "mine\n"
+
+
+def test_segment_never_replaces_a_users_file_named_as_summary(tmp_path, capsys):
+    """--summary naming a file of the user's is refused before any work."""
+    notes = tmp_path / "notes.json"
+    notes.write_text('{"mine": true}\n')
+    code, _, err = run_cli(
+        ["segment", "--model", str(CKPT), "--image", "x.h5:image", "--out", f"{tmp_path}/s.h5:seg", "--summary", str(notes)], capsys
+    )
+    assert code == 2 and "is not a summary of neuroflood segment" in err, err
+    assert notes.read_text() == '{"mine": true}\n'

@@ -119,6 +119,7 @@ def _segment(args: argparse.Namespace) -> int:
     check_writable_location(output_lock_target(args.out), "--out")
     if args.summary:
         check_output_file(args.summary, "--summary")
+        check_summary_is_ours(args.summary)
     if args.threads:
         torch.set_num_threads(args.threads)
     raw = load_config_file(args.config) if args.config else {}
@@ -315,3 +316,21 @@ def _consensus(args: argparse.Namespace) -> int:
     n = int(np.count_nonzero(np.unique(seg)))
     print(f"consensus: {n} segments -> {args.out}")
     return 0
+
+
+def check_summary_is_ours(path: str) -> None:
+    """Refuse a --summary path that holds a file an earlier segment run did not write."""
+    import json
+    import os
+
+    if not os.path.exists(path):
+        return
+    try:
+        with open(path) as f:
+            ours = "fov_evaluations" in json.load(f)
+    except (OSError, ValueError, TypeError):
+        ours = False
+    if not ours:
+        raise ConfigError(
+            f"--summary {path} exists and is not a summary of neuroflood segment, which never replaces it; choose another path"
+        )
