@@ -24,6 +24,12 @@ def _umask() -> int:
     return mask
 
 
+def normal_permissions(path: str | os.PathLike) -> None:
+    """Give a file made by mkstemp/mkdtemp (private: 0600/0700) the umask's permissions."""
+    mode = 0o777 if os.path.isdir(path) else 0o666
+    os.chmod(path, mode & ~_umask())
+
+
 @contextmanager
 def atomic_file(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[IO[bytes]]:
     """Yield a binary file to write; it replaces ``path`` when the block ends without error."""
@@ -33,7 +39,7 @@ def atomic_file(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[IO[by
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
-        os.chmod(tmp, 0o666 & ~_umask())
+        normal_permissions(tmp)
         os.replace(tmp, path)
     except OSError as e:
         if e.errno is not None and e.filename is None:  # a full disk names no file: name ours

@@ -270,7 +270,8 @@ def write_synthetic(path: str, image: np.ndarray, labels: np.ndarray) -> None:
 
     import h5py
 
-    from .volume import default_chunks, normal_permissions
+    from .atomic import normal_permissions
+    from .volume import default_chunks
 
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)

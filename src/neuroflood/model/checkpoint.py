@@ -67,8 +67,8 @@ def save_model(model: FFNModel, path: str | os.PathLike, provenance: dict | None
     ``"import-tf"``) marks it as that command's output (see :mod:`neuroflood.outputs`).
     Callers check that replacing an existing ``path`` is allowed.
     """
+    from ..atomic import normal_permissions
     from ..outputs import write_marker
-    from ..volume import normal_permissions
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -188,8 +188,8 @@ def _in_temporary_dir(out: Path, replace: bool, work: Any) -> int:
     ``replace``: ``out`` is an earlier prepare output that may be swapped out (checked by the
     caller); otherwise ``out`` must still be absent when the work is done.
     """
+    from ..atomic import normal_permissions
     from ..outputs import write_marker
-    from ..volume import normal_permissions
 
     out = Path(os.path.abspath(out))
     out.parent.mkdir(parents=True, exist_ok=True)

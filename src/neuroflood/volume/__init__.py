@@ -31,7 +31,6 @@ from .._lazy import lazy_getattr
 
 _API = {
     "Volume": ".base",
-    "normal_permissions": ".base",
     "ArrayVolume": ".backends",
     "H5Volume": ".backends",
     "ZarrVolume": ".backends",

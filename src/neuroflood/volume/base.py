@@ -9,7 +9,6 @@ volume and the region.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -158,15 +157,3 @@ def write_hint(e: BaseException) -> str:
     if "no space left" in text or getattr(e, "errno", None) == 28:
         return "the disk is full: free space or write elsewhere, then run again"
     return "check that the location is writable and has free space"
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def normal_permissions(path: str | os.PathLike) -> None:
-    """Give a file made by mkstemp/mkdtemp (private: 0600/0700) the umask's permissions."""
-    mode = 0o777 if os.path.isdir(path) else 0o666
-    os.chmod(path, mode & ~_umask())

@@ -17,9 +17,10 @@ from typing import Any
 
 import numpy as np
 
+from ..atomic import normal_permissions
 from ..errors import VolumeError
 from .backends import ArrayVolume, H5Volume, TensorstoreVolume, ZarrVolume, file_kvstore, open_tensorstore
-from .base import Volume, normal_permissions, write_hint
+from .base import Volume, write_hint
 from .specs import spec_kind, split_colon, split_container
 
 

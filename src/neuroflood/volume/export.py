@@ -16,10 +16,11 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from ..atomic import normal_permissions
 from ..bbox import BoundingBox
 from ..errors import VolumeError
 from .backends import H5Volume
-from .base import Volume, normal_permissions, short_error
+from .base import Volume, short_error
 from .create import create_volume, ensure_zarr_group
 from .open import open_volume
 from .specs import spec_kind, split_colon, split_container
