@@ -65,3 +65,17 @@ def atomic_savez(path: str | os.PathLike, arrays: dict[str, np.ndarray], compres
     """``np.savez[_compressed]`` of ``arrays`` to ``path`` atomically."""
     with atomic_file(path) as f:
         (np.savez_compressed if compress else np.savez)(f, **arrays)
+
+
+def remove_tree(path: str | os.PathLike) -> None:
+    """``rmtree`` that also wins against zarr's chunk writers still finishing in threads
+    after a failed write (they recreate their folders); gives up quietly after a second."""
+    import shutil
+    import time
+
+    path = Path(path)
+    for _ in range(20):
+        shutil.rmtree(path, ignore_errors=True)
+        if not path.exists():
+            return
+        time.sleep(0.05)

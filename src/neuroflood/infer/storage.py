@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..atomic import atomic_savez
+from ..atomic import atomic_savez, remove_tree
 from ..errors import CheckpointError, VolumeError
 from ..volume import open_volume, write_volume
 from .results import Origin, dequantize_probability
@@ -225,14 +225,14 @@ def _commit(kind: str, path: str, staged: list[tuple[str, str]], stale: list[str
     root = Path(path)
     for member in stale:
         if (root / member).exists():
-            _remove_tree(root / member)
+            remove_tree(root / member)
     for tmp, final in staged:
         src, dst = root / tmp, root / final
         if dst.exists():  # swap: the old array is renamed away before it is deleted
             old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
             os.replace(dst, old)
             os.replace(src, dst)
-            _remove_tree(old)
+            remove_tree(old)
         else:
             os.replace(src, dst)
 
@@ -252,22 +252,9 @@ def _discard_staged(kind: str, path: str, members: list[str], remove_file: bool)
                         del f[member]
             return
         for member in members:
-            _remove_tree(Path(path) / member)
+            remove_tree(Path(path) / member)
     except Exception:  # noqa: BLE001 - never hide the error that got us here
         pass
-
-
-def _remove_tree(path: Path) -> None:
-    """``rmtree`` that also wins against zarr's chunk writers still finishing in threads
-    after a failed write (they recreate their folders); gives up quietly after a second."""
-    import shutil
-    import time
-
-    for _ in range(20):
-        shutil.rmtree(path, ignore_errors=True)
-        if not path.exists():
-            return
-        time.sleep(0.05)
 
 
 def read_output(out_spec: str) -> dict[str, Any]:

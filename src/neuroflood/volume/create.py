@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..atomic import normal_permissions
+from ..atomic import normal_permissions, remove_tree
 from ..errors import VolumeError
 from .backends import ArrayVolume, H5Volume, TensorstoreVolume, ZarrVolume, file_kvstore, open_tensorstore
 from .base import Volume, write_hint
@@ -261,7 +261,7 @@ def _write_volume(spec: str, data: np.ndarray, chunks, overwrite: bool, attrs: d
             if old:
                 shutil.rmtree(old, ignore_errors=True)
         finally:
-            shutil.rmtree(tmp_root, ignore_errors=True)
+            remove_tree(tmp_root)  # zarr's writers may still be finishing after a failure
         return
     vol = create_volume(spec, data.shape, data.dtype, chunks, overwrite=overwrite)
     vol[...] = data

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from ..atomic import normal_permissions
+from ..atomic import normal_permissions, remove_tree
 from ..bbox import BoundingBox
 from ..errors import VolumeError
 from .backends import H5Volume
@@ -201,7 +201,7 @@ class _Target:
                         write_marker(os.path.join(tmp_root, self.name), "export")
                     os.replace(tmp_root, self.root)
                 finally:
-                    shutil.rmtree(tmp_root, ignore_errors=True)
+                    remove_tree(tmp_root)
                 return
             tmp_name = f".{self.name.replace('/', '_')}.export-{pid}"
             tmp_path = os.path.join(self.root, tmp_name)
@@ -211,7 +211,7 @@ class _Target:
                     write_marker(tmp_path, "export")
                 _swap_in(tmp_path, self.path)
             finally:
-                shutil.rmtree(tmp_path, ignore_errors=True)
+                remove_tree(tmp_path)
             return
         if self.kind == "precomputed":
             tmp_dir = f"{self.path}.export-{pid}"
@@ -220,7 +220,7 @@ class _Target:
                 write_marker(tmp_dir, "export")
                 _swap_in(tmp_dir, self.path)
             finally:
-                shutil.rmtree(tmp_dir, ignore_errors=True)
+                remove_tree(tmp_dir)
             return
         tmp_npy = os.path.join(os.path.dirname(os.path.abspath(self.path)), f".{os.path.basename(self.path)}.export-{pid}.npy")
         try:
