@@ -178,15 +178,20 @@ def launch_command(launcher: str | None, workers: int, threads: int) -> list[str
 
 
 def execute(
-    options: dict[str, Any], workers: int = 1, mode: str = "emulated", launcher: str | None = None, threads: int = 1
+    options: dict[str, Any], workers: int = 1, mode: str = "emulated", launcher: str | None = None, threads: int = 1, reuse: bool = True
 ) -> dict[str, Any]:
     """Run one training configuration with ``workers`` workers; return its records.
 
     ``emulated``: in this process (``emulate_workers = workers``); ``real``: ``workers`` ranks
     via :func:`launch_command`. Returns ``{"train": [...], "eval": [...], "wall_s": …}`` from
-    the run's ``metrics.jsonl``.
+    the run's ``metrics.jsonl``. A run of the same configuration that finished earlier in
+    the same ``run_dir`` is reused (``reuse``; see :func:`finished_run`): studies resume.
     """
     run_dir = Path(options["run_dir"])
+    key = json.dumps([options, workers, mode], sort_keys=True, default=str)
+    done = finished_run(run_dir, key) if reuse else finished_run(run_dir, "")
+    if done is not None:
+        return done
     t0 = time.perf_counter()
     if mode == "emulated":
         _in_process({**options, "emulate_workers": workers})
@@ -202,11 +207,41 @@ def execute(
     else:
         raise ConfigError(f"unknown --mode {mode!r}; use emulated or real")
     records = [json.loads(s) for s in (run_dir / "metrics.jsonl").read_text().splitlines() if s.strip()]
-    return {
+    result = {
         "train": [r for r in records if r["split"] == "train"],
         "eval": [r for r in records if r["split"] == "eval"],
         "wall_s": time.perf_counter() - t0,
     }
+    atomic_write_text(run_dir / DONE_FILE, json.dumps({"key": key, "result": result}) + "\n")
+    return result
+
+
+# Written into a run's directory when it finished: a study run again on the same OUT (after
+# an interruption, or with more seeds or points) reuses it instead of training it again.
+DONE_FILE = "study-run.json"
+
+
+def finished_run(run_dir: Path, key: str) -> dict[str, Any] | None:
+    """The records of a finished run of exactly this configuration (``key``) in ``run_dir``, or None.
+
+    ``key=""`` matches nothing: the directory is cleared for a new run.
+    A run directory without them (an interrupted run) that ``neuroflood train`` made is
+    removed so that the run starts afresh; anything else there is refused.
+    """
+    from ..atomic import remove_tree
+    from ..outputs import made_by
+
+    try:
+        saved = json.loads((run_dir / DONE_FILE).read_text())
+    except (OSError, ValueError):
+        saved = None
+    if key and isinstance(saved, dict) and saved.get("key") == key:
+        return saved["result"]
+    if run_dir.exists():
+        if made_by(run_dir) != "train" and any(run_dir.iterdir()):
+            raise ConfigError(f"{run_dir} exists and is not a training run of this study; remove it or choose another --out")
+        remove_tree(run_dir)  # an interrupted run, or one of other options: train it again
+    return None
 
 
 def _run_group(cmd: list[str], env: dict[str, str], grace_s: float = 10.0) -> tuple[int, str]:
@@ -297,6 +332,7 @@ def execute_all(
             mode,
             launcher,
             threads,
+            reuse=False,
         )
     bar = tqdm(total=len(args), desc="runs", unit="run", file=sys.stderr, disable=not progress, dynamic_ncols=True)
     out: list[dict[str, Any]] = []
