@@ -51,7 +51,8 @@ def test_lr_scaling_grid(tmp_path):
         assert (out / f"lr_scaling_{m}.png").stat().st_size > 10_000
 
 
-def test_batch_size_and_optimizer_studies(tmp_path):
+def test_batch_size_study(tmp_path):
+    # The optimizer study has its own tests: tests/test_study_optimizers.py.
     out = tmp_path / "bs"
     args = ["study", "batch-size", "--out", str(out), "--global-batches", "4,8", "--fovs", "64", "--evaluations", "2"]
     assert main([*args, "--eval-examples", "4", "--seeds", "2", *SMALL]) == 0
@@ -67,18 +68,6 @@ def test_batch_size_and_optimizer_studies(tmp_path):
         assert c["loss"]["mean"] == pytest.approx(sum(r["final"]["loss"] for r in c["runs"]) / 2) and c["loss"]["ci95"] > 0
     assert report["config"]["seeds"] == [0, 1]
     assert (out / "batch_size.png").stat().st_size > 10_000
-
-    out = tmp_path / "opt"
-    args = ["study", "optimizers", "--out", str(out), "--optimizers", "sgd,rmsprop", "--fovs", "32", "--evaluations", "2"]
-    assert main([*args, "--eval-examples", "4", "--target-accuracy", "0.01", "--learning-rates", "sgd=0.1", *SMALL]) == 0
-    rows = json.loads((out / "optimizers.json").read_text())["points"]
-    assert [(r["optimizer"], r["warmup"]) for r in rows] == [("sgd", False), ("sgd", True), ("rmsprop", False), ("rmsprop", True)]
-    assert rows[0]["learning_rate"] == 0.1 and rows[2]["learning_rate"] == 1e-3
-    for r in rows:  # reached at the first evaluation
-        (run,) = r["runs"]
-        assert run["time_to_0.01_accuracy_s"] == run["curve"][0]["time_s"] == r["time_to_0.01_accuracy_s"]["mean"]
-        assert r["reached"] == 1 and r["f1"]["mean"] == run["final"]["f1"]
-    assert (out / "optimizers.png").stat().st_size > 10_000
 
 
 def test_derived_numbers():

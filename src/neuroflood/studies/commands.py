@@ -166,10 +166,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     s = add_command(
         studies,
         "optimizers",
-        "SGD, momentum, Adam, Adagrad, RMSProp with and without warm-up: F1 and time to 95%% accuracy",
-        "Train each optimizer (own base learning rate) with and without a linear warm-up on the same number of "
-        "FOVs, evaluating on held-out coordinates at regular intervals. Writes OUT/optimizers.json and "
-        "OUT/optimizers.png.",
+        "SGD, momentum, Adam, Adagrad, RMSProp with and without warm-up at N workers: FOVs and modelled time to accuracy",
+        "Train each optimizer (own base learning rate) with and without a linear warm-up at each worker count N "
+        "on the same number of FOVs (--fovs; fovs // (N x batch) steps), --seeds times each, evaluating on "
+        "held-out coordinates at regular intervals. Per run: the FOVs trained at its first evaluation with "
+        "held-out voxel accuracy >= --target-accuracy; if no configuration's mean curve reaches the target, also "
+        "at the comparable level (the highest accuracy every configuration's mean curve reaches). Per point: "
+        "mean and 95% CI over the runs that reached it, how many did, and the final-window accuracy, F1 and "
+        "loss. With --projection, modelled wall time = FOVs / fovs_per_s(N) of `neuroflood study project` "
+        "(N x per-worker FOVs/s x projected efficiency). Writes OUT/optimizers.json and OUT/optimizers.png.",
     )
     _common(s, 1, 1)
     s.add_argument("--optimizers", default="sgd,momentum,adam,adagrad,rmsprop", help="optimizers, comma-separated")
@@ -179,13 +184,25 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="per-optimizer learning rates, e.g. adam=1e-3,sgd=0.05 "
         "(default: sgd=0.05, momentum=0.005, adam=0.001, adagrad=0.05, rmsprop=0.001)",
     )
-    s.add_argument("--workers", type=int, default=1, help="workers N of every run")
+    s.add_argument("--workers", type=_ints, default="1", help="worker counts N, comma-separated, e.g. 1,16,64 (each a point)")
     s.add_argument("--batch-size", type=int, default=4, help="FOVs per worker per step")
-    s.add_argument("--fovs", type=int, default=3200, help="FOVs per run")
+    s.add_argument("--fovs", type=int, default=3200, help="FOVs per run at every N (fixed sample budget)")
     s.add_argument("--evaluations", type=int, default=8, help="held-out evaluations per run (the last 20%% are averaged)")
     s.add_argument("--warmup-fraction", type=float, default=0.1, help="warm-up length as a fraction of the steps")
     s.add_argument("--lr-scaling", choices=["none", "linear", "sqrt"], default="sqrt", help="learning-rate rule for N workers")
-    s.add_argument("--target-accuracy", type=float, default=0.95, help="held-out voxel accuracy whose first time is reported")
+    s.add_argument(
+        "--target-accuracy",
+        type=float,
+        default=0.95,
+        help="held-out voxel accuracy to count FOVs (and time) to; if no point's mean curve reaches it, the "
+        "comparable level is reported too",
+    )
+    s.add_argument(
+        "--projection",
+        metavar="PATH",
+        help="projection.json of `neuroflood study project` (or its directory), with a point for every N: "
+        "adds modelled wall time to the target or comparable level (default: none)",
+    )
     s.add_argument("--eval-examples", type=int, help="held-out examples per evaluation (default 512)")
     s.set_defaults(func=_optimizers)
 
@@ -264,8 +281,6 @@ def _check(args: argparse.Namespace) -> None:
         ("--fovs", 1),
     ):
         at_least(name, low)
-    if isinstance(getattr(args, "workers", None), int):  # optimizers: one worker count
-        at_least("--workers", 1)
     fraction("--warmup-fraction", getattr(args, "warmup_fraction", None), low_open=False, high_open=True)
     fraction("--target-accuracy", getattr(args, "target_accuracy", None), low_open=True, high_open=False)
     base_lr = getattr(args, "base_lr", None)
@@ -339,7 +354,17 @@ TRAINING_STUDIES = {
         ("batch_size.json", "batch_size.png"),
     ),
     "optimizers": (
-        ("learning_rates", "workers", "batch_size", "fovs", "evaluations", "warmup_fraction", "lr_scaling", "target_accuracy"),
+        (
+            "learning_rates",
+            "workers",
+            "batch_size",
+            "fovs",
+            "evaluations",
+            "warmup_fraction",
+            "lr_scaling",
+            "target_accuracy",
+            "projection",
+        ),
         ("optimizers.json", "optimizers.png"),
     ),
 }
@@ -366,7 +391,15 @@ def _batch_size(args: argparse.Namespace) -> int:
 
 
 def _optimizers(args: argparse.Namespace) -> int:
-    return _training_study("optimizers", args, optimizers=[o.strip() for o in args.optimizers.split(",") if o.strip()])
+    options, files = TRAINING_STUDIES["optimizers"]
+    _start(args)
+    check_files(args.out, files, "study")
+    from .optimizers import run_optimizers, summary_line
+
+    names = [o.strip() for o in args.optimizers.split(",") if o.strip()]
+    report = run_optimizers(args.out, optimizers=names, **{k: getattr(args, k) for k in options}, **_training_kw(args))
+    print(summary_line(report["config"]))  # which accuracy level the FOVs are counted to
+    return _done(", ".join(f"{args.out}/{f}" for f in files))
 
 
 def _project(args: argparse.Namespace) -> int:

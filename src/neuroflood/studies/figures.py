@@ -211,56 +211,87 @@ def plot_batch_size(
     return _save(fig, path)
 
 
-def plot_optimizers(rows: Sequence[dict[str, Any]], path: str | Path, target_accuracy: float = 0.95) -> Path:
-    """Final-window held-out F1 (error bars: 95 % CI), time to the target accuracy, mean accuracy curves."""
+def _optimizer_panel(ax, rows: Sequence[dict[str, Any]], metric: str) -> None:
+    """Mean ``metric`` against N per optimizer (colour) and warm-up (dashed, open), error bars: 95 % CI."""
     names = list(dict.fromkeys(r["optimizer"] for r in rows))
-    key = f"time_to_{target_accuracy:g}_accuracy_s"
-    x = np.arange(len(names))
-    width = 0.38
-    fig, (a, b, c) = plt.subplots(1, 3, figsize=(17, 4.8))
-    for j, warm in enumerate((False, True)):
-        label = "with warm-up" if warm else "no warm-up"
-        found = [next((r for r in rows if r["optimizer"] == n and r["warmup"] == warm), None) for n in names]
-        f1 = [_value(r, "f1") if r else None for r in found]
-        err = [_ci(r, "f1") if r else 0.0 for r in found]
-        a.bar(x + (j - 0.5) * width, [v if v is not None else np.nan for v in f1], width, yerr=err, capsize=3, label=label, color=f"C{j}")
-        tt = [_value(r, key) if r else None for r in found]
-        b.bar(
-            x + (j - 0.5) * width,
-            [t if t is not None else np.nan for t in tt],
-            width,
-            yerr=[_ci(r, key) if r else 0.0 for r in found],
-            capsize=3,
-            label=label,
-            color=f"C{j}",
+    workers = sorted({r["workers"] for r in rows})
+    series = [(i, n, warm) for i, n in enumerate(names) for warm in (False, True)]
+    for k, (i, name, warm) in enumerate(series):
+        sub = sorted(
+            (r for r in rows if r["optimizer"] == name and r["warmup"] == warm and _value(r, metric) is not None),
+            key=lambda r: r["workers"],
         )
-        for xi, t in zip(x, tt):
-            if t is None:
-                b.annotate("not reached", (xi + (j - 0.5) * width, 0), rotation=90, ha="center", va="bottom", fontsize=8)
-    for ax in (a, b):
-        ax.set_xticks(x, [f"{n}\nlr {next(r['learning_rate'] for r in rows if r['optimizer'] == n):g}" for n in names])
-        ax.legend(fontsize=8)
-        ax.grid(True, axis="y", alpha=0.3)
+        if not sub:
+            continue
+        shift = 1.035 ** (k - (len(series) - 1) / 2)  # side by side at each N, not on top of each other
+        lr = next(r["learning_rate"] for r in rows if r["optimizer"] == name)
+        ax.errorbar(
+            [r["workers"] * shift for r in sub],
+            [_value(r, metric) for r in sub],
+            yerr=[_ci(r, metric) for r in sub],
+            fmt="o" + ("--" if warm else "-"),
+            color=f"C{i}",
+            mfc="white" if warm else f"C{i}",
+            capsize=3,
+            label=f"{name} (lr {lr:g}){' + warm-up' if warm else ''}",
+        )
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(workers, [str(w) for w in workers])
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_xlim(min(workers) / 1.4, max(workers) * 1.4)
+    ax.set_xlabel("workers N (same FOV budget at every N)")
+    ax.grid(True, which="both", alpha=0.3)
+
+
+def plot_optimizers(
+    rows: Sequence[dict[str, Any]], path: str | Path, target_accuracy: float = 0.95, comparable_accuracy: float | None = None
+) -> Path:
+    """The optimizer study against N: final-window accuracy, FOVs to the level, [modelled time], curves at the largest N.
+
+    ``rows`` are optimizers.json's points (``optimizer``, ``warmup``, ``workers``,
+    ``learning_rate``, ``accuracy`` and ``fovs_to_target`` / ``fovs_to_comparable`` /
+    ``modelled_wall_s`` as ``{"mean", "ci95"}``, ``curve``). FOVs (and modelled times) are to
+    the target unless ``comparable_accuracy`` is given (no point's mean curve reached the target).
+    Error bars and bands: 95 % CI over seeds; points that never reached the level are missing.
+    """
+    comparable = comparable_accuracy is not None
+    level = comparable_accuracy if comparable else target_accuracy
+    key = "fovs_to_comparable" if comparable else "fovs_to_target"
+    level_text = f"{100 * level:.1f}% (comparable level; {100 * target_accuracy:g}% not reached)" if comparable else f"{100 * level:g}%"
+    modelled = any(_value(r, "modelled_wall_s") is not None for r in rows)
+    # 2 × 2 with the modelled time, else one row of three.
+    fig, axes = plt.subplots(2, 2, figsize=(13, 9.5)) if modelled else plt.subplots(1, 3, figsize=(18, 5))
+    a, b, *rest = axes.ravel()
     seeds = max((r.get("seeds", 1) for r in rows), default=1)
-    a.set_ylabel("held-out F1, final window" + (f" (mean ± 95 % CI, {seeds} seeds)" if seeds > 1 else ""))
-    a.set_ylim(0, 1)
-    a.set_title("Final held-out F1 (same FOV budget)")
-    b.set_ylabel("training time (s), runs that reached it")
-    b.set_ylim(bottom=0)
-    for ax in (a, b):
-        ax.set_xlim(-0.7, len(names) - 0.3)  # bars of runs that never got there are empty
-    b.set_title(f"Time to {100 * target_accuracy:g}% held-out voxel accuracy")
-    for i, n in enumerate(names):
-        for warm, style in ((False, "-"), (True, "--")):
-            r = next((r for r in rows if r["optimizer"] == n and r["warmup"] == warm), None)
-            pts = [p for p in (r or {}).get("curve", []) if p["accuracy"] is not None]
-            if pts:
-                _band(c, [p["step"] for p in pts], pts, "accuracy", style, f"C{i}", f"{n}{' + warm-up' if warm else ''}")
-    c.axhline(target_accuracy, color="k", lw=0.8, ls=":", label=f"{100 * target_accuracy:g}% target")
-    c.set_xlabel("training steps (same for every optimizer; time is in the JSON)")
+    ci = f"mean ± 95 % CI, {seeds} seeds" if seeds > 1 else "one seed: no CI"
+    _optimizer_panel(a, rows, "accuracy")
+    a.set_ylabel("held-out voxel accuracy, final window")
+    a.set_title(f"Final held-out accuracy ({ci})", fontsize=10)
+    a.legend(fontsize=7, ncol=2)
+    _optimizer_panel(b, rows, key)
+    b.set_ylim(bottom=0)  # bounded by the budget: a linear axis reads best
+    if not any(_value(r, key) is not None for r in rows):
+        b.text(0.5, 0.5, "no run reached it", transform=b.transAxes, ha="center")
+    b.set_ylabel("FOVs trained, runs that reached it")
+    b.set_title(f"FOVs to {level_text} held-out accuracy", fontsize=10)
+    if modelled:
+        _optimizer_panel(rest[0], rows, "modelled_wall_s")
+        rest[0].set_yscale("log")  # FOVs/s(N) spans orders of magnitude
+        rest[0].set_ylabel("modelled wall time (s) = FOVs / projected FOVs/s(N)")
+        rest[0].set_title(f"Modelled wall time to {level_text}", fontsize=10)
+    c = rest[-1]
+    top = max(r["workers"] for r in rows)
+    names = list(dict.fromkeys(r["optimizer"] for r in rows))
+    for r in (r for r in rows if r["workers"] == top):
+        pts = [p for p in r.get("curve", []) if p["accuracy"] is not None]
+        if pts:
+            label = f"{r['optimizer']}{' + warm-up' if r['warmup'] else ''}"
+            _band(c, [p["fovs"] for p in pts], pts, "accuracy", "--" if r["warmup"] else "-", f"C{names.index(r['optimizer'])}", label)
+    c.axhline(level, color="k", lw=0.8, ls=":", label=f"{level_text.split(' (')[0]} level")
+    c.set_xlabel("FOVs trained")
     c.set_ylabel("held-out voxel accuracy" + (" (mean, band: 95 % CI)" if seeds > 1 else ""))
     c.set_ylim(0, 1)
-    c.set_title("Held-out accuracy during training")
+    c.set_title(f"Held-out accuracy during training, N = {top}", fontsize=10)
     c.grid(True, alpha=0.3)
     c.legend(fontsize=7, ncol=2)
     return _save(fig, path)

@@ -117,6 +117,9 @@ class TrainConfig(Config):
     eval_every_steps: int | None = Field(None, ge=1, description="evaluate on eval_coords every N steps")
     eval_every_secs: float | None = Field(None, gt=0, description="evaluate on eval_coords every N seconds")
     eval_examples: int = Field(64, ge=1, description="held-out examples (trajectories) per evaluation")
+    eval_batch_size: int | None = Field(
+        None, ge=1, description="held-out trajectories run at once (default: batch_size); larger is faster, same examples"
+    )
     checkpoint_every_secs: float | None = Field(300.0, gt=0, description="seconds between checkpoints")
     checkpoint_every_steps: int | None = Field(None, ge=1, description="also checkpoint every N steps")
     keep_last: int = Field(5, ge=1, description="checkpoints kept (newest)")

@@ -24,13 +24,20 @@ def pick_device(name: str) -> torch.device:
     return dev
 
 
-def check_memory(config: TrainConfig, device: torch.device) -> None:
+def check_memory(config: TrainConfig, device: torch.device, option: str = "--batch-size") -> None:
     """Refuse a batch that cannot fit before allocating it (a huge one would swap for minutes).
 
     Lower bounds: each trajectory keeps its patch (image, labels, weights) and canvas in host
     memory; one step keeps each conv's activations of the batch for the backward pass, plus
     weights, gradients and two optimizer moments (float32).
     """
+    if config.eval_batch_size and config.eval_batch_size > config.batch_size * config.emulate_workers:
+        # held-out trajectories run at once: no backward pass, so the training bound covers them
+        check_memory(
+            config.model_copy(update={"batch_size": config.eval_batch_size, "emulate_workers": 1, "eval_batch_size": None}),
+            device,
+            "eval_batch_size",
+        )
     m = config.model
     slots = config.batch_size * config.emulate_workers
     fov = math.prod(m.fov_size)
@@ -43,7 +50,7 @@ def check_memory(config: TrainConfig, device: torch.device) -> None:
     for where, need, have in checks:
         if have is not None and need > have:
             raise ConfigError(
-                f"--batch-size {config.batch_size} (x {config.emulate_workers} emulated worker(s)) with this model and FOV "
+                f"{option} {config.batch_size} (x {config.emulate_workers} emulated worker(s)) with this model and FOV "
                 f"needs at least {_gib(need)} of {where} memory per process, but {_gib(have)} is available; "
                 "lower --batch-size (or --emulate-workers, the FOV or the model size)"
             )

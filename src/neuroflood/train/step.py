@@ -125,16 +125,21 @@ def evaluate_held_out(
     """Run full trajectories on the first ``eval_examples`` held-out coordinates.
 
     Same policy and metrics as training, no augmentation; returns the tracker summary with
-    ``loss`` (mean FOV loss), ``fovs`` and ``fovs_per_s``.
+    ``loss`` (mean FOV loss), ``fovs`` and ``fovs_per_s``. ``config.eval_batch_size``
+    trajectories run at once (default ``batch_size``): the examples, their trajectories and
+    the figures do not depend on it.
     """
     coords = open_coordinates(coords_path)
     shard = coords.shard(0, 1)
     n = min(len(shard), config.eval_examples)
     shard = type(shard)(shard.centers[:n], shard.volume_index[:n], shard.volume_names)
     tracker = EvalTracker(config.eval_size())
+    if config.eval_batch_size:  # more trajectories per network call: each is run as with one
+        config = config.model_copy(update={"batch_size": config.eval_batch_size})
     gen = ExampleGenerator(config, source.for_volumes(coords.volume_names), shard, tracker, train=False)
     fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
     t0 = time.perf_counter()
+    loss_sum = 0.0
     was_training = model.training
     model.eval()
     try:
@@ -145,10 +150,14 @@ def evaluate_held_out(
             amp = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
             with amp:
                 logits = model(image, seed)
-            tracker.track_step(float(weighted_sigmoid_loss(logits, labels, weights)), len(batch))
+            loss = float(weighted_sigmoid_loss(logits, labels, weights))
+            tracker.track_step(loss, len(batch))
+            loss_sum += loss * len(batch)
             gen.update(logits)
     finally:
         model.train(was_training)
     out = tracker.summary()
+    # The mean over FOVs, not over steps: independent of how many trajectories share a step.
+    out["loss"] = loss_sum / tracker.fovs if tracker.fovs else None
     out["fovs_per_s"] = tracker.fovs / max(time.perf_counter() - t0, 1e-9)
     return out
