@@ -30,6 +30,7 @@ COMMAND_MODULES = [
     "neuroflood.train.commands",  # train
     "neuroflood.infer.commands",  # segment, consensus
     "neuroflood.evaluate.commands",  # evaluate, report, view
+    "neuroflood.mesh.commands",  # mesh
     "neuroflood.studies.commands",  # study
 ]
 

@@ -45,6 +45,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="also compute expected run length along ground-truth skeletons (needs the 'skeletons' extra: kimimaro)",
     )
     p.add_argument("--erl-dust-threshold", type=int, default=1000, help="skeletonize objects of at least this many voxels")
+    p.add_argument(
+        "--render-3d",
+        type=int,
+        default=0,
+        metavar="N",
+        help="add a 3-D picture of the N largest segments, the worst merge and the worst split (0: none)",
+    )
     p.set_defaults(func=_evaluate)
 
     p = add_command(
@@ -65,16 +72,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         "view",
         "show an image and segmentations in neuroglancer, served on this machine",
         "Serve a neuroglancer viewer of IMG with each SEG as a segmentation layer, print its "
-        "URL and serve until Ctrl-C. Binds to 127.0.0.1 by default (use ssh -L PORT:127.0.0.1:PORT "
-        "to look from another machine). Needs the optional extra: pip install 'neuroflood[viewer]'. "
+        "URL and serve until Ctrl-C. A SEG written by neuroflood mesh (its directory) is shown with its "
+        "3-D meshes, the largest segments selected. Binds to 127.0.0.1 by default (use ssh -L "
+        "PORT:127.0.0.1:PORT to look from another machine; a mesh output is served on a second port). "
+        "Needs the optional extra: pip install 'neuroflood[viewer]'. "
         f"Volume specs: {FORMATS_HELP}.",
     )
     p.add_argument("image", metavar="IMG", help="image volume spec")
-    p.add_argument("segs", metavar="SEG", nargs="*", help="segmentation volume specs (integer labels)")
+    p.add_argument("segs", metavar="SEG", nargs="*", help="segmentation volume specs (integer labels) or neuroflood mesh outputs")
     p.add_argument("--bind", default="127.0.0.1", help="address to serve on (0.0.0.0 exposes it to the network)")
     p.add_argument("--port", type=int, default=0, help="port (0: any free port)")
     p.add_argument("--voxel-size", metavar="Z,Y,X", help="voxel size in nm (default: from the volume, else 1,1,1)")
     p.add_argument("--max-memory-mb", type=float, default=2048, help="load volumes up to this size; read larger ones lazily")
+    p.add_argument("--mesh-segments", type=int, default=10, metavar="N", help="select the N largest segments of a mesh output")
     p.set_defaults(func=_view)
 
 
@@ -86,6 +96,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     _at_least(args.errors, 0, "--errors", "how many merges and splits to list")
     _at_least(args.min_error_voxels, 1, "--min-error-voxels", "voxels an overlap needs to count")
     _at_least(args.erl_dust_threshold, 0, "--erl-dust-threshold", "voxels an object needs to be skeletonized")
+    _at_least(args.render_3d, 0, "--render-3d", "how many of the largest segments to draw in 3-D")
     check_output_dir(args.out)  # before the work, not after it
     bbox = BoundingBox.parse(args.bbox) if args.bbox else None
     inputs = open_evaluation_inputs(args.seg, args.gt, args.image, bbox)
@@ -99,6 +110,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         min_error_voxels=args.min_error_voxels,
         erl_dust_threshold=args.erl_dust_threshold if args.erl else None,
         progress=True,
+        render_3d=args.render_3d,
     )
     print(
         f"VI {result['vi']:.4f} (split {result['vi_split']:.4f}, merge {result['vi_merge']:.4f}), "
@@ -134,8 +146,17 @@ def _view(args: argparse.Namespace) -> int:
     check_address(args.bind, args.port)
     if not args.max_memory_mb >= 0:
         raise ConfigError(f"--max-memory-mb {args.max_memory_mb} must be >= 0 (0: read every volume lazily)")
+    _at_least(args.mesh_segments, 0, "--mesh-segments", "how many segments of a mesh output to select")
     voxel_size = _positive_floats(args.voxel_size, "--voxel-size") if args.voxel_size else None
-    serve(args.image, args.segs, bind=args.bind, port=args.port, voxel_size=voxel_size, max_memory_mb=args.max_memory_mb)
+    serve(
+        args.image,
+        args.segs,
+        bind=args.bind,
+        port=args.port,
+        voxel_size=voxel_size,
+        max_memory_mb=args.max_memory_mb,
+        mesh_segments=args.mesh_segments,
+    )
     return 0
 
 

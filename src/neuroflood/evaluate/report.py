@@ -206,13 +206,16 @@ def write_evaluation_report(
     min_error_voxels: int = 100,
     erl_dust_threshold: int | None = None,
     progress: bool = False,
+    render_3d: int = 0,
 ) -> dict[str, Any]:
     """Evaluate ``inputs`` (an :class:`~neuroflood.evaluate.inputs.EvaluationInputs`) and write
     metrics.json, report.html, report.md and PNGs into ``out_dir``. Returns the metrics.json
     content.
 
     With ``erl_dust_threshold``, also the expected run length along ground-truth skeletons of
-    objects of at least that many voxels (needs kimimaro; see :mod:`.skeletons`).
+    objects of at least that many voxels (needs kimimaro; see :mod:`.skeletons`). With
+    ``render_3d`` > 0, a 3-D picture of that many largest segments, the worst merge and the
+    worst split (:mod:`.views3d`), listed under ``views_3d`` in metrics.json.
     """
     from .figures import error_gallery_figure, overlay_figure, size_histogram_figure, to_png
     from .inputs import voxel_size_of
@@ -299,11 +302,32 @@ def write_evaluation_report(
     if gallery is not None:
         report.figure("worst_errors", to_png(gallery), "Close-ups of the largest merges and splits, centred on the listed coordinate (+).")
     report.figure("sizes", to_png(size_histogram_figure(table)), "Sizes of ground-truth objects and segments inside the labelled region.")
+    if render_3d > 0:
+        _add_views_3d(report, result, inputs, table, voxel_size, render_3d)
     _error_table(report, "Largest false merges", "segment", "objects", errors["merges"], min_error_voxels)
     _error_table(report, "Largest false splits", "object", "segments", errors["splits"], min_error_voxels)
     report.paragraph("Coordinates are z, y, x voxels in the ground-truth volume; look at them with `neuroflood view`.")
     report.write(out_dir, "evaluate", {"metrics.json": (json.dumps(result, indent=2) + "\n").encode()})
     return result
+
+
+def _add_views_3d(report: Report, result: dict, inputs: Any, table: Any, voxel_size: Sequence[float], n_largest: int) -> None:
+    from .figures import to_png
+    from .views3d import views_3d
+
+    figure, shown = views_3d(inputs, table, voxel_size, n_largest)
+    if figure is None:
+        return
+    result["views_3d"] = shown
+    report.heading("Neurons in 3-D")
+    report.figure(
+        "views_3d",
+        to_png(figure),
+        "Meshes (zmesh) of the largest segments; the segment that adds most to VI merge, cut into the "
+        "ground-truth objects it covers; the object that adds most to VI split, cut into its segments "
+        "(grey: unlabelled or unsegmented). Coordinates in the evaluated region; large objects are "
+        "drawn from a subsampled copy.",
+    )
 
 
 def _coord(e: dict) -> str:

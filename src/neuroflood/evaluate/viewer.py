@@ -4,6 +4,11 @@ Any volume spec that :func:`~neuroflood.volume.open_volume` reads works. Volumes
 ``max_memory_mb`` are loaded into memory (neuroglancer then also builds 3-D meshes of
 selected segments); larger ones are read lazily, chunk by chunk, as the browser asks.
 
+A segmentation written by ``neuroflood mesh`` (its directory, or ``precomputed://`` and its
+directory) is served as it is, files and all, by a second small server on the same address,
+and shown with its precomputed meshes: its largest segments are selected, so that the 3-D
+panel draws them at once.
+
 The server binds to 127.0.0.1 unless told otherwise: a remote user forwards the port
 (``ssh -L PORT:127.0.0.1:PORT host``) rather than exposing data on every interface. The
 neuroglancer client is served from the installed package, so no internet access is needed.
@@ -75,6 +80,7 @@ def make_viewer(
     port: int = 0,
     voxel_size: Sequence[float] | None = None,
     max_memory_mb: float = 2048,
+    mesh_segments: int = 10,
 ) -> tuple[Any, str]:
     """Start a neuroglancer viewer showing ``image`` and ``segmentations``; returns (viewer, url).
 
@@ -88,18 +94,22 @@ def make_viewer(
         z, y, x in nm; default: the image's ``resolution_nm_zyx`` attribute, else 1.
     max_memory_mb : float
         Volumes up to this size are loaded into memory; larger ones are read lazily.
+    mesh_segments : int
+        How many of the largest segments of a ``neuroflood mesh`` output to select.
     """
     ng = _neuroglancer()
     check_address(bind, port)
     img = open_volume(image)
-    segs = [open_volume(s) for s in segmentations]
+    meshed = {spec: _mesh_output(spec) for spec in segmentations}
+    segs = [open_volume(f"precomputed://{meshed[s]}" if meshed[s] else s) for s in segmentations]
     for spec, vol in zip([image, *segmentations], [img, *segs]):
         if len(vol.shape) != 3:
             raise DataError(f"{spec} has shape {tuple(vol.shape)}; neuroflood view shows 3-D (z,y,x) volumes")
     for spec, vol in zip(segmentations, segs):
         if vol.dtype.kind not in "iu":
             raise DataError(f"segmentation {spec} has dtype {vol.dtype}, not integer labels; give a label volume")
-    size = tuple(voxel_size) if voxel_size is not None else voxel_size_of(img, *segs)
+    recorded = [_Resolution(root) for root in meshed.values() if root]  # voxel sizes in mesh outputs
+    size = tuple(voxel_size) if voxel_size is not None else voxel_size_of(img, *segs, *recorded)
     dims = ng.CoordinateSpace(names=["z", "y", "x"], units="nm", scales=list(size))
     # Volumes are z,y,x; the display space is x,y,z so that the main panel shows yx sections
     # with x across, as EM viewers do (layers map onto it by dimension name).
@@ -107,6 +117,7 @@ def make_viewer(
 
     ng.set_server_bind_address(bind, port)
     viewer = ng.Viewer()
+    viewer.static_file_servers = []  # keeps the servers of mesh outputs alive with the viewer
     names: set[str] = set()
     with viewer.txn() as state:
         state.dimensions = display
@@ -114,6 +125,9 @@ def make_viewer(
             source=ng.LocalVolume(_data(img, max_memory_mb), dimensions=dims, volume_type="image")
         )
         for spec, vol in zip(segmentations, segs):
+            if meshed[spec]:
+                state.layers[_unique_name(spec, names)] = _meshed_layer(ng, viewer, meshed[spec], bind, mesh_segments)
+                continue
             state.layers[_unique_name(spec, names)] = ng.SegmentationLayer(
                 source=ng.LocalVolume(_segmentation_data(vol, max_memory_mb), dimensions=dims, volume_type="segmentation")
             )
@@ -135,6 +149,40 @@ def serve(image: str, segmentations: Sequence[str] = (), **kwargs: Any) -> None:
             time.sleep(3600)
     except KeyboardInterrupt:
         print("stopped", flush=True)
+
+
+def _mesh_output(spec: str) -> str | None:
+    """The directory of a precomputed segmentation with meshes that ``spec`` names, else None."""
+    from ..mesh.precomputed import has_meshes
+
+    path = spec[len("precomputed://") :] if spec.startswith("precomputed://") else spec
+    return os.path.abspath(path) if os.path.isdir(path) and has_meshes(path) else None
+
+
+class _Resolution:
+    """The voxel size a mesh output records, in the form :func:`voxel_size_of` reads."""
+
+    def __init__(self, root: str):
+        import json
+
+        try:
+            with open(os.path.join(root, "info")) as f:
+                scale = json.load(f)["scales"][0]
+            self.attrs = {"resolution_nm_zyx": list(scale["resolution"])[::-1]}
+        except (OSError, ValueError, KeyError, IndexError, TypeError):
+            self.attrs = {}
+
+
+def _meshed_layer(ng: Any, viewer: Any, root: str, bind: str, n_segments: int) -> Any:
+    """A segmentation layer over a mesh output served by a static file server, largest segments selected."""
+    from neuroglancer.static_file_server import StaticFileServer
+
+    from ..mesh.precomputed import read_segment_sizes
+
+    server = StaticFileServer(root, bind_address=bind, daemon=True)
+    viewer.static_file_servers.append(server)
+    largest = [segment for segment, _ in read_segment_sizes(root)[:n_segments]]
+    return ng.SegmentationLayer(source=f"precomputed://{server.url}", segments=largest)
 
 
 def _unique_name(spec: str, taken: set[str]) -> str:
