@@ -10,6 +10,7 @@ propose the seeds one subvolume over the whole box would.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -75,6 +76,56 @@ class FFNBlockSegmenter:
         self.fov_context = tuple(int(f) // 2 for f in model.config.fov_size)
         pad = self.seed_policy.context_beyond_canvas
         self.context = tuple(c + pad for c in self.fov_context)
+        # Blocks a worker runs at once (threads of the scheduler), their FOVs batched by one
+        # shared executor; 1 keeps the one-Canvas path (an executor per block, one FOV a call).
+        self.concurrency = int(getattr(request, "batch_size", 1))
+        self._executor: Any = None
+        self._in_flight = 0
+        self._lock = threading.Lock()
+        self._totals = {"fovs": 0, "batches": 0, "network_seconds": 0.0}
+
+    def _open_client(self) -> Any:
+        """None at batch size 1 (the block's Canvas makes its own executor), else a lazy client
+        of the worker's shared :class:`~neuroflood.infer.executor.BatchedExecutor`, started
+        for the first block in flight."""
+        if self.concurrency <= 1:
+            return None
+        with self._lock:
+            if self._executor is None:
+                from .executor import BatchedExecutor
+
+                r = self.request
+                self._executor = BatchedExecutor(self.model, r.batch_size, r.device, r.precision, r.tf32)
+            self._in_flight += 1
+            return self._executor.client(lazy=True)
+
+    def _close_client(self, client: Any) -> None:
+        """Close a block's client; the executor stops with the last block in flight (no thread
+        outlives a phase)."""
+        client.close()
+        done = None
+        with self._lock:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                done, self._executor = self._executor, None
+        if done is not None:
+            done.close()
+            with self._lock:
+                for k in self._totals:
+                    self._totals[k] += done.stats()[k]
+
+    def stats(self) -> dict[str, Any]:
+        """FOVs and network calls of the shared executors so far (zeros at batch size 1)."""
+        with self._lock:
+            return {**self._totals, "batch_size": self.concurrency}
+
+    def _segment(self, image: np.ndarray, **kwargs: Any) -> SegmentationResult:
+        client = self._open_client()
+        try:
+            return segment_subvolume(self.model, image, self.request, executor=client, **kwargs)
+        finally:
+            if client is not None:
+                self._close_client(client)
 
     def canvas_box(self, image: np.ndarray, block: BoundingBox, corner: Sequence[int]) -> tuple[BoundingBox, tuple[int, ...]]:
         """The canvas box within ``image`` (the block plus half an FOV) and its global corner."""
@@ -109,7 +160,7 @@ class FFNBlockSegmenter:
         box, canvas_corner = self.canvas_box(image, block, corner)
         policy = self.block_policy(image, corner, box)
         # the corner places masks (volumes, coordinate expressions) where this block is
-        result = segment_subvolume(self.model, image[box.to_slices()], self.request, corner=canvas_corner, seed_policy=policy)
+        result = self._segment(image[box.to_slices()], corner=canvas_corner, seed_policy=policy)
         return result.segmentation[block.relative_to(box.start).to_slices()], counters_of(result)
 
     def extend(
@@ -126,10 +177,8 @@ class FFNBlockSegmenter:
         image, block = image[box.to_slices()], block.relative_to(box.start)
         init = np.zeros(image.shape, np.int64)
         init[block.to_slices()] = segmentation
-        result = segment_subvolume(
-            self.model,
+        result = self._segment(
             image,
-            self.request,
             corner=corner,
             init_segmentation=init,
             seed_policy=explicit_seeds(seeds, corner),

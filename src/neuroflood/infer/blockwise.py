@@ -40,6 +40,7 @@ from ..distributed import DistInfo, barrier, sum_over_ranks
 from ..errors import DataError, NeurofloodError, VolumeError
 from ..volume import Volume, open_volume
 from .block_segmenter import BlockSegmenter, FFNBlockSegmenter
+from .block_threads import run_phase_threads
 from .blocks import Block, BlockGrid
 from .config import BlockwiseConfig, InferenceRequest
 from .handover import MIN_HANDOVER_VOXELS, handover_seeds
@@ -54,7 +55,7 @@ from .jobfiles import (
     write_done,
 )
 from .reconcile import OverlapRule
-from .scheduler import Phase, run_phase
+from .scheduler import Phase
 from .stitch import reconcile_blocks, write_blockwise_output
 
 # Set by the process that launches local workers and holds their output: its workers must
@@ -116,7 +117,7 @@ def run_blocks(
     tick()
     t0 = time.time()
     phase = Phase(grid, run, lambda b: paths.done(b.index), lambda b: paths.failed(b.index), lambda b: f"block {b.index}")
-    done = run_phase(phase, info, f"neuroflood/{paths.work}/claim", tick)
+    done = run_phase_threads(phase, info, f"neuroflood/{paths.work}/claim", tick, getattr(segmenter, "concurrency", 1))
     if bar is not None:
         bar.close()
     return BlockwiseResult(
@@ -215,7 +216,7 @@ def run_handover_round(
         lambda b: f"hand-over round {round_}, block {b.index}",
         {"round": round_},
     )
-    done = run_phase(phase, info, f"neuroflood/{paths.work}/handover/{round_}", tick)
+    done = run_phase_threads(phase, info, f"neuroflood/{paths.work}/handover/{round_}", tick, getattr(segmenter, "concurrency", 1))
     if bar is not None:
         bar.close()
     barrier()

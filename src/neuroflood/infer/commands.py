@@ -50,6 +50,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an --out that holds another request's result")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (overrides the config)")
+    p.add_argument(
+        "--precision",
+        type=_precision_arg,
+        choices=("float32", "bfloat16", "float16"),
+        default=None,
+        help="network arithmetic (overrides the config; default float32, the reference's): bfloat16 runs the network "
+        "under autocast, the canvas and thresholds staying float32; on CPU only where the CPU has bf16 instructions "
+        "(AVX-512 BF16, AMX); float16 on CUDA only",
+    )
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=None,
+        metavar="K",
+        help="FOVs per network call (overrides the config's batch_size; default 1): with --block-size each worker runs "
+        "K blocks at once and batches their FOVs, giving the same segmentation; helps small networks and GPUs",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_blockwise_arguments(p)
     p.set_defaults(func=_segment)
@@ -71,6 +88,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-split-cc", action="store_true", help="do not split A and B into connected components first")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.set_defaults(func=_consensus)
+
+
+def _precision_arg(text: str) -> str:
+    """``--precision`` in the training config's names; fp32, bf16 and fp16 are accepted too."""
+    from ..precision import ALIASES, LONG
+
+    name = ALIASES.get(text.strip().lower())
+    return LONG[name] if name else text
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -115,6 +140,8 @@ def _segment(args: argparse.Namespace) -> int:
     # Options first: a bad one is refused before a model is loaded or anything written.
     if args.threads is not None and args.threads < 1:
         raise ConfigError(f"--threads {args.threads} must be >= 1 (or leave it out for torch's choice)")
+    if args.batch is not None and args.batch < 1:
+        raise ConfigError(f"--batch {args.batch} must be >= 1 (FOVs per network call)")
     check_blockwise_arguments(args)
     check_writable_location(output_lock_target(args.out), "--out")
     if args.summary:
@@ -126,8 +153,17 @@ def _segment(args: argparse.Namespace) -> int:
     raw = _merge(raw, parse_overrides(args.overrides))
     if args.device:
         raw["device"] = args.device
+    if args.precision:
+        raw["precision"] = args.precision
+    if args.batch is not None:
+        raw["batch_size"] = args.batch
     blockwise_table = raw.pop("blockwise", None)
     request = InferenceRequest.build(raw)
+    if request.precision != "fp32":  # refused here, before a model is loaded or a worker started
+        from ..precision import check_precision
+        from .executor import resolve_device
+
+        check_precision(request.precision, resolve_device(request.device).type)
     blockwise = BlockwiseConfig.build(blockwise_table, blockwise_options(args))
 
     if blockwise.block_size or args.nproc_per_node:

@@ -6,7 +6,8 @@ Thresholds are probabilities, as google/ffn's ``InferenceOptions`` names them
 A TOML file for ``neuroflood segment --config`` looks like::
 
     seed_policy = "PolicyPeaks"
-    batch_size = 1
+    batch_size = 1           # blockwise: blocks per worker run at once, their FOVs batched
+    precision = "float32"    # or "bfloat16" (CPUs with bf16 instructions, GPUs)
 
     [options]
     init_activation = 0.95
@@ -29,6 +30,7 @@ from pydantic import Field, field_validator, model_validator
 
 from ..config import Config, parse_ints
 from ..errors import ConfigError
+from ..precision import short_name
 from ..probability import logit
 from .expression import check_expression
 
@@ -154,10 +156,17 @@ class InferenceRequest(Config):
     voxel_size: tuple[float, float, float] = Field((1.0, 1.0, 1.0), description="voxel size z,y,x (distance transforms of seed policies)")
     masks: list[MaskConfig] = Field(default_factory=list, description="voxels the FOV may not move to (OR-ed)")
     seed_masks: list[MaskConfig] = Field(default_factory=list, description="voxels that may not be seeds (OR-ed)")
-    batch_size: int = Field(1, ge=1, description="FOV requests run together by the executor (GPU: use several canvases)")
+    batch_size: int = Field(
+        1,
+        ge=1,
+        description="FOVs per network call: blockwise, each worker runs this many blocks at once and batches their "
+        "FOV requests (same segmentation on CPU, faster for small networks and GPUs); 1 runs one FOV at a time",
+    )
     device: str = Field("auto", description="'auto' (CUDA if available), 'cpu', 'cuda' or 'cuda:N'")
     precision: Literal["fp32", "bf16", "fp16"] = Field(
-        "fp32", description="network arithmetic: fp32, or bf16/fp16 autocast (fp16 on CUDA only); fp32 matches the reference"
+        "fp32",
+        description="network arithmetic: fp32 (float32, matches the reference), or bf16 (bfloat16) / fp16 (float16) autocast "
+        "of the network, the canvas staying float32; bf16 on CPU needs bf16 instructions (AVX-512 BF16, AMX), fp16 CUDA",
     )
     tf32: bool = Field(False, description="allow TF32 tensor cores for CUDA convolutions (faster, less exact)")
     keep_probability_maps: bool = Field(True, description="store quantized object probabilities of accepted segments")
@@ -182,6 +191,15 @@ class InferenceRequest(Config):
         if not all(s > 0 for s in v):
             raise ValueError(f"voxel_size {v} must be positive on every axis (z,y,x)")
         return v
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _precision(cls, v: Any) -> Any:
+        # float32/bfloat16 (the training config's names) are the same as fp32/bf16
+        try:
+            return short_name(v) if isinstance(v, str) else v
+        except ConfigError:
+            raise ValueError(f"{v!r} is not one of float32 (fp32), bfloat16 (bf16), float16 (fp16)") from None
 
     @field_validator("device")
     @classmethod

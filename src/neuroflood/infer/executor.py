@@ -12,7 +12,11 @@ executor runs the model and returns ``seed + update`` logits of the same shape.
   fill a GPU.
 
 Both take the device (``auto``/``cpu``/``cuda[:N]``), the precision (fp32, or bf16/fp16
-autocast) and the TF32 switch for CUDA convolutions.
+autocast; bf16 on CPU only where the CPU has bf16 instructions, see
+:mod:`neuroflood.precision`) and the TF32 switch for CUDA convolutions. Under autocast only
+the network runs in bf16: the logits come back float32, and the canvas and thresholds stay
+float32. On CPU a batch of FOVs gives each FOV exactly the logits it gets alone (oneDNN,
+see :mod:`neuroflood.model.convstack`), so batching never changes a segmentation there.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
+from ..precision import check_precision
 
 _AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -90,12 +95,9 @@ class _Runner:
     """The model on its device with the chosen arithmetic; runs one batch."""
 
     def __init__(self, model: torch.nn.Module, device: str = "auto", precision: str = "fp32", tf32: bool = False):
-        if precision not in _AUTOCAST:
-            raise ConfigError(f"precision {precision!r} is not one of fp32, bf16, fp16")
         self.device = resolve_device(device)
-        if precision == "fp16" and self.device.type != "cuda":
-            raise ConfigError("precision fp16 needs a CUDA device; use fp32 or bf16 on CPU")
-        self.precision = precision
+        # bf16 on a CPU without bf16 instructions is refused (oneDNN would emulate it)
+        self.precision = check_precision(precision, self.device.type)
         self.model = model.to(self.device).eval()
         if self.device.type == "cuda":
             # Global switches: PyTorch lets cuDNN use TF32 by default; fidelity needs it off.
@@ -193,17 +195,24 @@ class _Request:
 
 
 class ExecutorClient:
-    """One Canvas's handle on a :class:`BatchedExecutor`; ``close()`` deregisters it."""
+    """One Canvas's handle on a :class:`BatchedExecutor`; ``close()`` deregisters it.
 
-    def __init__(self, executor: BatchedExecutor):
+    A client registered at once counts as active from the start: batches wait for its
+    requests. A ``lazy`` one registers with its first request, so that a Canvas still
+    preparing (reading its image, placing its seeds) holds no other Canvas's batch back.
+    """
+
+    def __init__(self, executor: BatchedExecutor, lazy: bool = False):
         self._executor = executor
         self._open = True
+        self._registered = not lazy
 
     def predict(self, image: np.ndarray, seed: np.ndarray) -> np.ndarray:
         if not self._open:
             raise RuntimeError("this executor client is closed")
         req = _Request(image, seed)
-        self._executor._submit(req)
+        self._executor._submit(req, register=not self._registered)
+        self._registered = True
         req.done.wait()
         if req.error is not None:
             raise req.error
@@ -213,7 +222,8 @@ class ExecutorClient:
     def close(self) -> None:
         if self._open:
             self._open = False
-            self._executor._deregister()
+            if self._registered:
+                self._executor._deregister()
 
     def __enter__(self) -> ExecutorClient:
         return self
@@ -252,23 +262,25 @@ class BatchedExecutor:
         self._thread = threading.Thread(target=self._serve, name="neuroflood-executor", daemon=True)
         self._thread.start()
 
-    def client(self) -> ExecutorClient:
-        """Register a new client (one per Canvas)."""
+    def client(self, lazy: bool = False) -> ExecutorClient:
+        """A new client (one per Canvas), registered now or, if ``lazy``, with its first request."""
         with self._cond:
             if self._stop:
                 raise RuntimeError("the executor is closed")
-            self._active += 1
-        return ExecutorClient(self)
+            if not lazy:
+                self._active += 1
+        return ExecutorClient(self, lazy)
 
     def _deregister(self) -> None:
         with self._cond:
             self._active -= 1
             self._cond.notify_all()
 
-    def _submit(self, req: _Request) -> None:
+    def _submit(self, req: _Request, register: bool = False) -> None:
         with self._cond:
             if self._stop:
                 raise RuntimeError("the executor is closed")
+            self._active += int(register)
             self._pending.append(req)
             self._cond.notify_all()
 

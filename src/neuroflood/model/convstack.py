@@ -30,17 +30,22 @@ from ..errors import ConfigError
 
 
 def _conv(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
-    """``conv(x)``, but through oneDNN for a single CPU float32 input.
+    """``conv(x)``, but through oneDNN for a single CPU float32 input, or any batch without autograd.
 
     PyTorch's CPU heuristic (ATen ``ConvParams::use_mkldnn``) sends a batch of one whose
     ``C * Z * Y`` is at most 20,480 to its reference ``Slow3d`` kernel, which for FFN shapes
     is ~3x slower than oneDNN. Inference evaluates one FOV at a time, so every conv of a
     small network (and the 2-channel ``conv0_a`` of any network) took that path. oneDNN
     computes the same convolution (equal within float rounding) and supports autograd.
+    With one thread the heuristic also sends batches below 16 to ``Slow3d``; without
+    autograd (inference, held-out evaluation) every batch goes to oneDNN, whose result for
+    each FOV of a batch is bit-identical to that FOV's alone (checked for batches 2..32, 1
+    and 2 threads): a batched executor then gives exactly the segmentation of one FOV at a
+    time. Training steps (batches under autograd) keep PyTorch's choice.
     Under autocast (bf16) the call is left to PyTorch, which casts for ``conv3d`` only.
     """
     if (
-        x.shape[0] == 1
+        (x.shape[0] == 1 or not torch.is_grad_enabled())
         and x.device.type == "cpu"
         and x.dtype == torch.float32
         and not torch.is_autocast_enabled("cpu")

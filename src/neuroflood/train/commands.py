@@ -28,7 +28,7 @@ _NAMED = re.compile(r"^([A-Za-z0-9_.\-]+)=(.+)$")
 # the field; these are the exceptions.
 _BY_HAND = {"images", "labels", "loss_weights", "image_offset_scale", "model"}  # --image, ..., --model
 _NOT_ON_CLI = {"adagrad_initial_accumulator"}  # set in --config FILE
-_CHOICES = {"lr_scaling"}  # refused by argparse, not by the config's validation
+_CHOICES = {"lr_scaling", "precision"}  # refused by argparse, not by the config's validation
 
 
 def _help(key: str) -> str:
@@ -226,6 +226,11 @@ def _train(args: argparse.Namespace) -> int:
 
     if config.threads:
         torch.set_num_threads(config.threads)  # once, before any work: resetting later slows CPU steps
+    if config.precision != "float32":  # before any worker starts: bf16 on a CPU without it is refused
+        from ..precision import check_precision
+        from .device import pick_device
+
+        check_precision(config.precision, pick_device(config.device).type)
     from .distributed import launch_training, run_training
     from .inputs import resolve_config
     from .metrics import summary_line
