@@ -29,6 +29,7 @@ COMMAND_MODULES = [
     "neuroflood.prepare.commands",  # prepare
     "neuroflood.train.commands",  # train
     "neuroflood.infer.commands",  # segment, consensus
+    "neuroflood.agglomerate.commands",  # agglomerate
     "neuroflood.evaluate.commands",  # evaluate, report, view
     "neuroflood.mesh.commands",  # mesh
     "neuroflood.studies.commands",  # study
