@@ -1,7 +1,7 @@
 """FFN agglomeration of the published FIB-25 segmentation with the published model.
 
     .venv/bin/python benchmarks/agglomerate_fib25.py [--work DIR] [--nproc-per-node N] [--device cuda]
-                                                     [--batch-size B] [--fill-holes 8] [--consensus SPEC]
+                                                     [--batch-size B] [--precision bfloat16] [--fill-holes 8] [--consensus SPEC]
 
 1. Runs ``neuroflood agglomerate`` on the whole 250³ published segmentation
    (../shared/data/fib25/ffn_published_segmentation.h5) with the published google/ffn
@@ -48,7 +48,7 @@ def run_agglomeration(args: argparse.Namespace, work: Path) -> dict:
         subprocess.run([sys.executable, "-m", "neuroflood", "import-tf", str(CKPT), str(model)], check=True)
     cmd = [sys.executable, "-m", "neuroflood", "agglomerate", SEG, "--model", str(model), "--image", IMAGE]
     cmd += ["--out", f"{work}/agg.zarr/seg", "--summary", f"{work}/summary.json", "--no-progress"]
-    cmd += ["--set", f"batch_size={args.batch_size}"]
+    cmd += ["--set", f"batch_size={args.batch_size}", "--set", f"precision={args.precision}"]
     if args.device:
         cmd += ["--device", args.device]
     if args.nproc_per_node:
@@ -107,6 +107,7 @@ def main() -> None:
     p.add_argument("--nproc-per-node", type=int, default=None)
     p.add_argument("--device", default=None)
     p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--precision", default="float32", help="network precision (bfloat16: on CPUs with native bf16, or GPUs)")
     p.add_argument("--consensus", default=None, help="a second segmentation for --consensus (optional)")
     p.add_argument("--fill-holes", type=int, default=8, help="also report with holes of up to this many voxels filled")
     p.add_argument("--max-wrong", type=int, default=0, help="wrong merges allowed on z < 125 when tuning")

@@ -11,7 +11,8 @@ propose the seeds one subvolume over the whole box would.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -59,8 +60,9 @@ class FFNBlockSegmenter:
     """Segments a block with the FFN Canvas.
 
     The Canvas covers the block plus ``fov_context`` = half the FOV on every side (clipped at
-    the volume's edges), so that seeds and FOV centres can reach the block's faces exactly as
-    in a single-subvolume run; the result is cropped to the block. The request's seed policy
+    the volume's edges and to ``job_box``), so that seeds and FOV centres can reach the
+    block's faces exactly as in a single-subvolume run over ``job_box``; the result is
+    cropped to the block. The request's seed policy
     is resolved once and placed in the job for each block's canvas: grid policies are
     anchored at ``job_box``'s first voxel (the volume's without one), PolicyPeaks computes its
     peaks on the image ``context_beyond_canvas`` voxels beyond the canvas, clipped to
@@ -119,17 +121,25 @@ class FFNBlockSegmenter:
         with self._lock:
             return {**self._totals, "batch_size": self.concurrency}
 
-    def _segment(self, image: np.ndarray, **kwargs: Any) -> SegmentationResult:
+    def _segment(self, image: np.ndarray, **kwargs: Any) -> tuple[SegmentationResult, np.ndarray]:
+        """Run the Canvas; return its result and the centres of its FOVs (canvas z, y, x)."""
         client = self._open_client()
+        centres: list[tuple[int, ...]] = []
         try:
-            return segment_subvolume(self.model, image, self.request, executor=client, **kwargs)
+            result = segment_subvolume(self.model, image, self.request, executor=client, callback=fov_recorder(centres), **kwargs)
         finally:
             if client is not None:
                 self._close_client(client)
+        return result, np.array(centres, np.int64).reshape(-1, 3)
 
     def canvas_box(self, image: np.ndarray, block: BoundingBox, corner: Sequence[int]) -> tuple[BoundingBox, tuple[int, ...]]:
-        """The canvas box within ``image`` (the block plus half an FOV) and its global corner."""
+        """The canvas box within ``image`` (the block plus half an FOV, inside the job's box)
+        and its global corner."""
         box = block.grow(self.fov_context).clip(image.shape)
+        if self.job_box is not None:
+            # FOVs stay inside the job's box, as those of one subvolume over it: beyond it a
+            # block would flood (and pay for) what the job does not ask for
+            box = box.intersection(self.job_box.relative_to(corner)) or box
         return box, tuple(int(c + s) for c, s in zip(corner, box.start))
 
     def block_policy(self, image: np.ndarray, corner: Sequence[int], box: BoundingBox) -> SeedPolicyFactory:
@@ -158,10 +168,18 @@ class FFNBlockSegmenter:
 
     def __call__(self, image: np.ndarray, block: BoundingBox, corner: tuple[int, int, int]) -> tuple[np.ndarray, dict]:
         box, canvas_corner = self.canvas_box(image, block, corner)
-        policy = self.block_policy(image, corner, box)
+        t = time.perf_counter()
+        policy = self.block_policy(image, corner, box)  # PolicyPeaks computes its peaks here
+        seed_seconds = time.perf_counter() - t
         # the corner places masks (volumes, coordinate expressions) where this block is
-        result = self._segment(image[box.to_slices()], corner=canvas_corner, seed_policy=policy)
-        return result.segmentation[block.relative_to(box.start).to_slices()], counters_of(result)
+        result, centres = self._segment(image[box.to_slices()], corner=canvas_corner, seed_policy=policy)
+        counters = {
+            **counters_of(result),
+            "fov_centres": centres + np.asarray(canvas_corner),
+            "fov_by_object": {int(sid): o.iterations for sid, o in result.origins.items()},
+            "seed_policy_seconds": seed_seconds,
+        }
+        return result.segmentation[block.relative_to(box.start).to_slices()], counters
 
     def extend(
         self, image: np.ndarray, block: BoundingBox, corner: tuple[int, int, int], segmentation: np.ndarray, seeds: np.ndarray
@@ -177,7 +195,7 @@ class FFNBlockSegmenter:
         image, block = image[box.to_slices()], block.relative_to(box.start)
         init = np.zeros(image.shape, np.int64)
         init[block.to_slices()] = segmentation
-        result = self._segment(
+        result, centres = self._segment(
             image,
             corner=corner,
             init_segmentation=init,
@@ -203,13 +221,41 @@ class FFNBlockSegmenter:
             for other, count in zip(others, counts)
             if block_id(other) in size
         ]
-        return Extension(seg, counters_of(result), started, overlaps)
+        counters = {
+            **counters_of(result),
+            "fov_centres": centres + np.asarray(corner),
+            "fov_by_object": {block_id(int(sid)): o.iterations for sid, o in result.origins.items()},
+        }
+        return Extension(seg, counters, started, overlaps)
+
+
+def fov_recorder(centres: list[tuple[int, ...]]) -> Callable[[str, Any], None]:
+    """A Canvas callback that appends the centre of every FOV evaluation to ``centres``.
+
+    The Canvas records FOV positions only with ``keep_history``, which the request does not
+    set; the callback turns it on at the first evaluation, which is always at the first
+    object's seed (``movement.start_pos``). Recording changes nothing the Canvas computes.
+    """
+
+    def on_event(event: str, canvas: Any) -> None:
+        if event != "fov":
+            return
+        if canvas.keep_history:
+            centres.append(canvas.history[-1])
+        else:
+            canvas.keep_history = True
+            centres.append(canvas.movement.start_pos)
+
+    return on_event
 
 
 def counters_of(result: SegmentationResult) -> dict:
-    """A SegmentationResult's numeric counters, with its FOV evaluations."""
+    """A SegmentationResult's numeric counters, with its FOV evaluations and those spent on
+    objects the Canvas then rejected (too small, weak seed: ``fov_rejected``; FOV positions,
+    so with self-consistency re-runs also those of accepted objects)."""
     counters = {k: v for k, v in result.counters.items() if isinstance(v, (int, float))}
     counters["fov_evaluations"] = int(result.fov_evaluations)
+    counters["fov_rejected"] = int(result.fov_evaluations) - int(sum(o.iterations for o in result.origins.values()))
     return counters
 
 

@@ -16,6 +16,8 @@ import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from ..bbox import BoundingBox
 from ..errors import ConfigError
 
@@ -85,3 +87,19 @@ class BlockGrid:
 
     def positions(self) -> Iterator[tuple[int, ...]]:
         return itertools.product(*(range(n) for n in self.shape))
+
+
+def fov_categories(centres: np.ndarray, block: Block) -> dict[str, int]:
+    """Where a block's FOVs were centred (global z, y, x ``[k, 3]``): in its core, in its
+    margins (box minus core: work its neighbours repeat), or outside its box (the context)."""
+    centres = np.asarray(centres, np.int64).reshape(-1, 3)
+
+    def inside(box: BoundingBox) -> np.ndarray:
+        return np.all((centres >= np.asarray(box.start)) & (centres < np.asarray(box.stop)), axis=1)
+
+    in_core, in_box = inside(block.core), inside(block.box)
+    return {
+        "fov_core": int(in_core.sum()),
+        "fov_margin": int((in_box & ~in_core).sum()),
+        "fov_context": int((~in_box).sum()),
+    }

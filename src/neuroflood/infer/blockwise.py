@@ -41,7 +41,7 @@ from ..errors import DataError, NeurofloodError, VolumeError
 from ..volume import Volume, open_volume
 from .block_segmenter import BlockSegmenter, FFNBlockSegmenter
 from .block_threads import run_phase_threads
-from .blocks import Block, BlockGrid
+from .blocks import Block, BlockGrid, fov_categories
 from .config import BlockwiseConfig, InferenceRequest
 from .handover import MIN_HANDOVER_VOXELS, handover_seeds
 from .jobfiles import (
@@ -75,6 +75,8 @@ class BlockwiseResult:
     fov_evaluations: int = 0
     seconds: float = 0.0
     handover_seeds: list[int] = field(default_factory=list)  # seeds handed over, per round run
+    # wall seconds of this worker per step: blocks, handover, reconcile (rank 0), output
+    phase_seconds: dict[str, float] = field(default_factory=dict)
 
 
 class BlockFailures(NeurofloodError):
@@ -87,6 +89,23 @@ def _progress_bar(total: int, desc: str, info: DistInfo, enabled: bool) -> Any:
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, unit="block", file=sys.stderr, dynamic_ncols=True)
+
+
+def cost_counters(counters: dict, block: Block, read: BoundingBox, seg: np.ndarray) -> dict:
+    """A block's counters with what it cost, if the segmenter reports it: where its FOVs were
+    centred (:func:`~neuroflood.infer.blocks.fov_categories` of ``fov_centres``), the FOVs
+    of objects with no voxel in the core (``fov_outside_core``, from ``fov_by_object``: they
+    serve only reconciliation); and the image voxels it read (``voxels_read``)."""
+    counters = dict(counters)
+    centres = counters.pop("fov_centres", None)
+    if centres is not None:
+        counters.update(fov_categories(centres, block))
+    by_object = counters.pop("fov_by_object", None)
+    if by_object is not None:
+        in_core = set(np.unique(seg[block.core.relative_to(block.box.start).to_slices()]).tolist())
+        counters["fov_outside_core"] = int(sum(n for i, n in by_object.items() if i not in in_core))
+    counters["voxels_read"] = int(read.volume)
+    return counters
 
 
 def run_blocks(
@@ -104,19 +123,24 @@ def run_blocks(
             bar.refresh()
 
     def run(block: Block) -> dict:
-        data, context = read_box(image, block.box, segmenter.context)
         t = time.time()
+        data, context = read_box(image, block.box, segmenter.context, getattr(segmenter, "job_box", None))
+        read_seconds, t = time.time() - t, time.time()
         seg, counters = segmenter(data, block.box.relative_to(context.start), context.start)
         if seg.shape != tuple(block.box.size):
             raise DataError(f"segmenter returned shape {seg.shape} for block of size {block.box.size}")
+        counters = cost_counters(counters, block, context, seg)
         paths.failed(block.index).unlink(missing_ok=True)
         save_block(paths.block_seg(block.index), grid, block, seg, cores)
-        write_done(paths.done(block.index), block, seg, time.time() - t, counters, info)
+        write_done(paths.done(block.index), block, seg, time.time() - t, counters, info, read_seconds=read_seconds)
         return counters
 
     tick()
     t0 = time.time()
-    phase = Phase(grid, run, lambda b: paths.done(b.index), lambda b: paths.failed(b.index), lambda b: f"block {b.index}")
+    # largest blocks first, so that workers finish together (blocks are independent: the
+    # order changes who runs what, not the result)
+    order = sorted(grid, key=lambda b: (-b.box.volume, b.index))
+    phase = Phase(order, run, lambda b: paths.done(b.index), lambda b: paths.failed(b.index), lambda b: f"block {b.index}")
     done = run_phase_threads(phase, info, f"neuroflood/{paths.work}/claim", tick, getattr(segmenter, "concurrency", 1))
     if bar is not None:
         bar.close()
@@ -151,9 +175,13 @@ def run_handover_round(
     if info.is_main:
         folder.mkdir(parents=True, exist_ok=True)
     barrier()
-    # seeds only where an FOV centred on them fits in the image (the Canvas refuses others)
+    # seeds only where an FOV centred on them fits in the canvas (the Canvas refuses others):
+    # in the image, and in the job's box if the segmenter keeps its canvases there
     c = getattr(segmenter, "fov_context", segmenter.context)
-    seed_box = BoundingBox.from_start_stop(c, [max(a, n - a) for a, n in zip(c, image.shape)])
+    limit = getattr(segmenter, "job_box", None) or BoundingBox.from_shape(image.shape)
+    seed_box = BoundingBox.from_start_stop(
+        [s + a for s, a in zip(limit.start, c)], [max(s + a, e - a) for s, e, a in zip(limit.start, limit.stop, c)]
+    )
     for block in grid:  # seeds: a static share each, cheap next to segmenting
         target = folder / f"{block.index}.seeds.npz"
         if block.index % info.world_size == info.rank and not target.exists():
@@ -182,12 +210,14 @@ def run_handover_round(
 
     def run(block: Block) -> dict:
         t = time.time()
-        data, context = read_box(image, block.box, segmenter.context)
+        # the canvas's image only: seeds are given, so no seed policy looks beyond it
+        data, context = read_box(image, block.box, c, getattr(segmenter, "job_box", None))
+        read_seconds = time.time() - t
         old = load_block(paths, block.index, round_ - 1)
         ext = segmenter.extend(  # type: ignore[attr-defined]
             data, block.box.relative_to(context.start), context.start, old, seeds[block.index]
         )
-        seg, counters = ext.segmentation, ext.counters
+        seg, counters = ext.segmentation, cost_counters(ext.counters, block, context, ext.segmentation)
         (folder / f"{block.index}.failed").unlink(missing_ok=True)
         save_block(folder / f"{block.index}.npz", grid, block, seg, cores)
         # which neighbour's object each new object was seeded in: a join candidate
@@ -200,6 +230,7 @@ def run_handover_round(
             time.time() - t,
             counters,
             info,
+            read_seconds=read_seconds,
             round=round_,
             seeds=len(seeds[block.index]),
             new_segments=len(seeded_in),
@@ -209,7 +240,7 @@ def run_handover_round(
         return counters
 
     phase = Phase(
-        [grid[i] for i in handed],
+        sorted((grid[i] for i in handed), key=lambda b: (-len(seeds[b.index]), -b.box.volume, b.index)),
         run,
         lambda b: folder / f"{b.index}.done",
         lambda b: folder / f"{b.index}.failed",
@@ -276,6 +307,7 @@ def run_blockwise_job(
     t0 = time.time()
     result = run_blocks(paths, grid, image, segmenter, info, progress)
     barrier()
+    result.phase_seconds["blocks"] = time.time() - t0
     if info.distributed:  # counts for the whole job, not just this worker
         run, result.blocks_skipped, result.fov_evaluations = sum_over_ranks(
             [len(result.blocks_run), result.blocks_skipped, result.fov_evaluations]
@@ -288,16 +320,20 @@ def run_blockwise_job(
             f"{len(failures)} of {len(grid)} blocks failed ({failure_lines(failures)}); fix the cause and rerun the "
             "same command: finished blocks are kept"
         )
+    t = time.time()
     for round_ in range(1, handover_rounds + 1):
         seeds, handed = run_handover_round(paths, grid, image, segmenter, info, round_, progress=progress)
         if not seeds:
             break
         result.handover_seeds.append(seeds)
         result.fov_evaluations += sum_over_ranks([handed.fov_evaluations])[0]
+    result.phase_seconds["handover"], t = time.time() - t, time.time()
     if info.is_main:
         result.segments, result.joins = reconcile_blocks(paths, grid, rule)
     barrier()
+    result.phase_seconds["reconcile"], t = time.time() - t, time.time()
     write_blockwise_output(paths, grid, info, attrs={"request": json.dumps(request, default=str), "bbox": str(bbox)})
+    result.phase_seconds["output"] = time.time() - t
     if info.is_main:
         result.segments = int(np.load(paths.mapping, allow_pickle=False)["global_ids"].max(initial=0))
     result.seconds = time.time() - t0
@@ -393,7 +429,8 @@ def blockwise_summary(out: str, image: str, bbox: BoundingBox, result: Blockwise
     """The single-subvolume summary, with block counts; FOVs counted over all blocks ever run."""
     paths = JobPaths.from_spec(out)
     handover = paths.handover_records()
-    done = [json.loads(p.read_text()) for p in sorted(paths.blocks.glob("*.done"))] + handover
+    blocks = [json.loads(p.read_text()) for p in sorted(paths.blocks.glob("*.done"))]
+    done = blocks + handover
     fovs = int(sum(d["counters"].get("fov_evaluations", 0) for d in done))
     seconds = float(sum(d["seconds"] for d in done))
     volume = open_volume(out)
@@ -416,9 +453,27 @@ def blockwise_summary(out: str, image: str, bbox: BoundingBox, result: Blockwise
         "handover_rounds": len({d["round"] for d in handover}),
         "handover_seeds": int(sum(d["seeds"] for d in handover)),
         "handover_segments": int(sum(d["new_segments"] for d in handover)),
+        "cost": cost_summary(blocks, handover),
+        "phase_seconds": {k: round(v, 2) for k, v in result.phase_seconds.items()},
         "image": image,
         "bbox": str(bbox),
         "out": out,
+    }
+
+
+def cost_summary(blocks: list[dict], handover: list[dict]) -> dict[str, float]:
+    """Where a job's FOVs and image reads went, from its blocks' and hand-over rounds' records."""
+
+    def total(records: list[dict], key: str) -> int:
+        return int(sum(d["counters"].get(key, 0) for d in records))
+
+    keys = ("fov_evaluations", "fov_core", "fov_margin", "fov_context", "fov_rejected", "fov_outside_core", "voxels_read")
+    return {
+        **{f"blocks_{k}": total(blocks, k) for k in keys},
+        **{f"handover_{k}": total(handover, k) for k in keys},
+        # rough: seconds over all workers placing the seed policy (PolicyPeaks' peaks), reading
+        "blocks_seed_policy_seconds": round(sum(d["counters"].get("seed_policy_seconds", 0.0) for d in blocks), 2),
+        "read_seconds": round(sum(d.get("read_seconds", 0.0) for d in blocks + handover), 2),
     }
 
 
@@ -427,6 +482,8 @@ __all__ = [
     "BlockFailures",
     "BlockwiseResult",
     "blockwise_summary",
+    "cost_counters",
+    "cost_summary",
     "run_blocks",
     "run_blockwise_job",
     "run_handover_round",

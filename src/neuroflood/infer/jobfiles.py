@@ -185,9 +185,13 @@ def gather_failures(paths: JobPaths, grid: BlockGrid) -> list[dict]:
     return out
 
 
-def read_box(image: Volume, box: BoundingBox, context: tuple[int, ...]) -> tuple[np.ndarray, BoundingBox]:
-    """``box`` grown by ``context`` and clipped to ``image``: (its voxels, that box)."""
+def read_box(
+    image: Volume, box: BoundingBox, context: tuple[int, ...], within: BoundingBox | None = None
+) -> tuple[np.ndarray, BoundingBox]:
+    """``box`` grown by ``context`` and clipped to ``image`` (and to ``within``): (its voxels, that box)."""
     grown = BoundingBox(box.start, box.size).grow(context).clip(image.shape)
+    if within is not None:
+        grown = grown.intersection(within) or grown
     return image.read(grown), grown
 
 
