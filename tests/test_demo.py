@@ -1,4 +1,5 @@
-"""The demo pipeline end to end at a tiny size (synth, prepare, train on 2 workers, segment, evaluate)."""
+"""The demo pipeline end to end at a tiny size (synth, prepare, train on 2 workers, segment,
+evaluate, agglomerate, evaluate with a 3-D picture, mesh)."""
 
 from __future__ import annotations
 
@@ -22,12 +23,38 @@ def test_tiny_demo_runs_end_to_end(tmp_path):
 
     out = tmp_path / "demo"
     assert main(["demo", "--size", "tiny", "--out", str(out), "--seed", "1"]) == 0
-    for f in ("report.html", "metrics.json", "data/train.h5", "data/test.h5", "prepare/coordinates.nfc", "segment/summary.json"):
+    for f in (
+        "report.html",
+        "metrics.json",
+        "views_3d.png",
+        "data/train.h5",
+        "data/test.h5",
+        "prepare/coordinates.nfc",
+        "segment/summary.json",
+        "segment/eval/report.html",
+        "agglomerate/summary.json",
+        "agglomerate/agg.zarr/seg.agglomeration/mapping.npz",
+        "mesh.precomputed/info",
+        "mesh.precomputed/mesh/info",
+        "mesh.precomputed/neuroflood-segments.json",
+    ):
         assert (out / f).exists(), f
     metrics = json.loads((out / "metrics.json").read_text())
-    for key in ("adapted_rand_error", "vi", "vi_split", "vi_merge"):
-        assert math.isfinite(metrics[key])
-    assert set(metrics["seconds"]) >= {"synth", "prepare", "train", "segment", "evaluate", "total"}
+    for m in (metrics, metrics["segmentation"]):  # after and before agglomeration
+        for key in ("adapted_rand_error", "vi", "vi_split", "vi_merge"):
+            assert math.isfinite(m[key])
+    assert set(metrics["seconds"]) >= {
+        "synth",
+        "prepare",
+        "train",
+        "segment",
+        "evaluate",
+        "agglomerate",
+        "evaluate_agglomerated",
+        "mesh",
+        "total",
+    }
+    assert metrics["views_3d"]["largest_segments"]
     # the test volume is evaluated inside its image context
     assert metrics["demo"]["test_context"] > 0
     z, y, x = metrics["offset_zyx"]
@@ -40,3 +67,18 @@ def test_tiny_demo_runs_end_to_end(tmp_path):
         assert metrics["adapted_rand_error"] < trivial["adapted_rand_error"]
     assert metrics["vi"] < every_voxel["vi"]
     assert metrics["n_segments"] >= 1
+
+    # the agglomerated volume is the segmentation with the written mapping applied
+    agg = metrics["agglomeration"]
+    assert 0 <= agg["merges"] <= agg["pairs"] and agg["neurons"] >= agg["segments"] - agg["merges"]
+    mapping = np.load(out / "agglomerate/agg.zarr/seg.agglomeration/mapping.npz")
+    seg = open_volume(f"{out}/segment/seg.h5:segmentation")[:]
+    lut = dict(zip(mapping["segment_ids"].tolist(), mapping["neuron_ids"].tolist()))
+    expected = np.vectorize(lambda v: lut.get(v, v), otypes=[np.uint64])(seg)
+    np.testing.assert_array_equal(open_volume(agg["out"])[:], expected)
+    assert metrics["n_segments"] <= metrics["segmentation"]["n_segments"]
+    # one mesh manifest per segment of the agglomerated volume
+    meshed = [int(i) for i, _ in json.loads((out / "mesh.precomputed/neuroflood-segments.json").read_text())["segments"]]
+    assert set(meshed) == set(np.unique(expected).tolist()) - {0}
+    assert all((out / f"mesh.precomputed/mesh/{i}:0").exists() for i in meshed)
+    assert 'alt="views_3d"' in (out / "report.html").read_text()  # the 3-D picture is in the report

@@ -256,3 +256,21 @@ def test_bad_input(case, tmp_path, capsys):
             proc = _holders.pop()
             proc.stdin.close()
             proc.wait(30)
+
+
+def test_decimate_returns_on_a_small_mesh_of_a_1nm_volume():
+    """zmesh 1.15's simplify never returned on this 610-triangle mesh (a 163-voxel segment of
+    the tiny demo, 1-nm voxels, 11 units across); decimate scales it first. In a subprocess:
+    a hang in C ignores SIGTERM, and the timeout kills it."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    data = Path(__file__).parent / "data" / "zmesh_small_segment.npz"
+    code = (
+        "import numpy as np; from neuroflood.mesh.render import decimate; "
+        f"d = np.load({str(data)!r}); v, f = decimate(d['v'].astype(float), d['f'], 200); "
+        "assert 0 < len(f) <= 200 and np.isfinite(v).all(); print(len(f))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-500:]

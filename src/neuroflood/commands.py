@@ -103,8 +103,9 @@ def register_demo(sub: argparse._SubParsersAction) -> None:
         "run the whole pipeline on synthetic data (or the published model on FIB-25)",
         "Generate a synthetic EM training volume and a separate test volume, prepare "
         "coordinates, train a small FFN on --workers processes (DDP on CPU), segment the test "
-        "volume, and evaluate it: OUT/report.html and OUT/metrics.json (with seconds per "
-        "stage). Each stage prints the neuroflood command it runs. With --fib25 SHARED, segment "
+        "volume, agglomerate the segmentation, evaluate both, draw the largest neurons in 3-D "
+        "and mesh them: OUT/report.html, OUT/metrics.json (with seconds per stage), "
+        "OUT/views_3d.png and OUT/mesh.precomputed (for neuroflood view). Each stage prints the neuroflood command it runs. With --fib25 SHARED, segment "
         "a crop of the FIB-25 sample with the published google/ffn model and evaluate it instead.",
     )
     p.add_argument("--out", default="demo_out", help="output directory (must be empty or absent)")

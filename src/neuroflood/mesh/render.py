@@ -22,25 +22,31 @@ GREY_ID = np.iinfo(np.uint64).max - 1  # a piece with no id on the other side (u
 _LIGHT = np.array([0.3, -0.5, 0.8]) / np.linalg.norm([0.3, -0.5, 0.8])
 
 
+# The simplifier's working size: meshes are scaled to this many grid units across.
+SPAN = 2.0**16
+
+
 def decimate(vertices: np.ndarray, faces: np.ndarray, max_faces: int, seed: int = 0) -> Mesh:
     """At most ``max_faces`` triangles of a mesh: quadric simplification, then a random subset.
 
-    Vertices should be in nm: the simplifier works on a grid of unit steps (up to 2^20).
+    The simplifier works on a grid of unit steps (up to 2^20), and zmesh 1.15's ``simplify``
+    never returns on small meshes only a few units across (a 163-voxel segment of a 1-nm
+    volume: tests/test_mesh.py), so the mesh is scaled to :data:`SPAN` units across first.
     """
     if len(faces) <= max_faces:
         return vertices, faces
     import zmesh
 
     low = vertices.min(0)
-    extent = float((vertices.max(0) - low).max()) or 1.0
+    unit = float((vertices.max(0) - low).max()) / SPAN or 1.0
     # fragments meet at block faces with duplicate vertices: join them so the surface is one piece
-    mesh = zmesh.Mesh((vertices - low).astype(np.float32), faces.astype(np.uint32), None).consolidate()
+    mesh = zmesh.Mesh(((vertices - low) / unit).astype(np.float32), faces.astype(np.uint32), None).consolidate()
     mesher, factor = zmesh.Mesher((1, 1, 1)), int(np.ceil(len(faces) / max_faces))
-    for error in extent * np.array([0.005, 0.01, 0.02, 0.04, 0.08]):  # the least error that meets the budget
+    for error in SPAN * np.array([0.005, 0.01, 0.02, 0.04, 0.08]):  # the least error that meets the budget
         simple = mesher.simplify(mesh, reduction_factor=factor, max_error=float(error))
         if len(simple.faces) <= max_faces:
             break
-    vertices = np.asarray(simple.vertices, np.float64) + low
+    vertices = np.asarray(simple.vertices, np.float64) * unit + low
     faces = np.asarray(simple.faces, np.int64).reshape(-1, 3)
     if len(faces) > max_faces:  # a last resort: holes, but bounded drawing time
         keep = np.random.default_rng(seed).choice(len(faces), max_faces, replace=False)
