@@ -94,3 +94,24 @@ def test_bad_run_directory_is_one_line(tmp_path, capsys):
     (run / "config.json").write_text("{")
     assert "cannot read" in error("--timings", str(run), "--out", out)
     assert not Path(out).exists()  # nothing written on bad input
+
+
+def test_a_fixed_per_step_overhead_is_measured_and_carried(tmp_path, capsys):
+    """Constant work and 1 ms of wait per step, no communication: the run waited 1 ms beyond
+    stragglers (none) and the all-reduce (free); 'measured' carries it to every N >= 2."""
+    run = _run_dir(tmp_path / "run", np.full((2, 20), 0.05))
+    free = ("--latency-us", "0", "--bandwidth-gbps", "1e9")
+    plain = _project(run, tmp_path / "plain", "--workers", "1,2,64", *free)
+    assert plain["overhead_s"] == 0.0 and plain["measured"]["overhead_s"] == pytest.approx(0.001)
+    measured = _project(run, tmp_path / "measured", "--workers", "1,2,64", *free, "--overhead-ms", "measured")
+    one, two, many = measured["points"]
+    assert one["efficiency"] == pytest.approx(1.0) and one["overhead_s"] == 0.0  # one rank: no synchronous step
+    for p in (two, many):
+        assert p["overhead_s"] == pytest.approx(0.001) and p["efficiency"] == pytest.approx(0.05 / 0.051, rel=1e-6)
+    given = _project(run, tmp_path / "given", "--workers", "2", *free, "--overhead-ms", "4")
+    assert given["points"][0]["efficiency"] == pytest.approx(0.05 / 0.054, rel=1e-6)
+    assert given["overhead_source"] == "--overhead-ms"
+    capsys.readouterr()
+    assert main(["study", "project", "--timings", str(run), "--out", str(tmp_path / "bad"), "--overhead-ms", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "--overhead-ms" in err and not (tmp_path / "bad").exists()

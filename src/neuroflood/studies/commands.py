@@ -9,6 +9,7 @@ bigger budgets). See docs/reproducing-the-paper.md.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from typing import Any
 
@@ -224,6 +225,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--bandwidth-gbps", type=float, help="override the preset's bandwidth (GB/s per rank)")
     s.add_argument("--algorithm", choices=["ring", "tree", "best"], default="best", help="all-reduce algorithm of the model")
     s.add_argument("--skip-steps", type=int, default=1, help="first steps of the run left out (warm-up)")
+    s.add_argument(
+        "--overhead-ms",
+        default="0",
+        help="fixed cost per synchronous step beyond stragglers and the all-reduce (other collectives, contention), "
+        "from 2 ranks on: milliseconds, or 'measured' (what the --timings run waited beyond them)",
+    )
     s.set_defaults(func=_project)
 
 
@@ -407,6 +414,14 @@ def _project(args: argparse.Namespace) -> int:
 
     if args.skip_steps < 0:
         raise ConfigError(f"--skip-steps must be >= 0, got {args.skip_steps}")
+    overhead = None  # measured in the run
+    if args.overhead_ms != "measured":
+        try:
+            overhead = float(args.overhead_ms) / 1e3
+        except ValueError:
+            overhead = math.nan
+        if not (math.isfinite(overhead) and overhead >= 0):
+            raise ConfigError(f"--overhead-ms must be a time >= 0 in ms or 'measured', got {args.overhead_ms!r}")
     check_output_dir(args.out)
     from .project import load_run, run_projection, summary_lines
     from .projection import interconnect
@@ -414,6 +429,6 @@ def _project(args: argparse.Namespace) -> int:
     net = interconnect(args.interconnect, args.latency_us, args.bandwidth_gbps)
     run = load_run(args.timings, args.skip_steps)  # bad input is refused before OUT is touched
     check_files(args.out, ("projection.json", "projection.png"), "study")
-    result = run_projection(run, args.workers, args.out, net, args.algorithm)
+    result = run_projection(run, args.workers, args.out, net, args.algorithm, overhead_s=overhead)
     print("\n".join(summary_lines(result)))
     return _done(f"{args.out}/projection.json, {args.out}/projection.png")

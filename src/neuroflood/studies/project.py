@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError
-from .projection import Interconnect, ProjectionPoint, cv_for_efficiency, project, projection_json
+from .projection import Interconnect, ProjectionPoint, cv_for_efficiency, measured_overhead, project, projection_json
 
 # Dong et al. 2019, parallel efficiency on KNL nodes: the scaling figure (FOVs/s against nodes,
 # digitized in figures.PAPER_SCALING, efficiency = FOVs/s / (nodes × 0.71)) up to 1024 nodes,
@@ -111,14 +111,23 @@ def run_projection(
     target: float = 0.85,
     target_workers: int = 1024,
     trials: int = 2000,
+    overhead_s: float | None = None,
 ) -> dict[str, Any]:
-    """Project the run (:func:`load_run`) to ``workers`` ranks; write OUT/projection.{json,png}."""
+    """Project the run (:func:`load_run`) to ``workers`` ranks; write OUT/projection.{json,png}.
+
+    ``overhead_s``: the fixed per-step cost beyond stragglers and the all-reduce; None
+    measures it in the run itself (:func:`~.projection.measured_overhead`, 0 for one rank).
+    """
     message = run["parameters"] * GRADIENT_BYTES
     work, wait, ranks = run["work"], run["wait"], run["ranks"]
-    points = project(work, run["fovs_per_step"], workers, net, message, algorithm, trials)
-    own = project(work, run["fovs_per_step"], [ranks], net, message, algorithm, trials)[0]
+    bare = project(work, run["fovs_per_step"], [ranks], net, message, algorithm, trials)[0]
+    found = measured_overhead(wait, bare)
+    overhead = found if overhead_s is None else overhead_s
+    points = project(work, run["fovs_per_step"], workers, net, message, algorithm, trials, overhead_s=overhead)
+    own = project(work, run["fovs_per_step"], [ranks], net, message, algorithm, trials, overhead_s=overhead)[0]
     mean = float(work.mean())
-    cv_needed = cv_for_efficiency(target, target_workers, mean, net.allreduce_s(target_workers, message, algorithm))
+    comm = net.allreduce_s(target_workers, message, algorithm) + (overhead if target_workers > 1 else 0.0)
+    cv_needed = cv_for_efficiency(target, target_workers, mean, comm)
     measured = {
         "ranks": ranks,
         "steps": int(work.shape[0]),
@@ -129,6 +138,7 @@ def run_projection(
         "fovs_per_s": ranks * run["fovs_per_step"] / float((work + wait).mean(axis=1).mean()),
         "model_step_s": own.step_s,
         "model_fovs_per_s": own.fovs_per_s,
+        "overhead_s": found,  # the run's wait beyond the model's stragglers and all-reduce
     }
     meta = {
         "timings": run["run_dir"],
@@ -137,6 +147,8 @@ def run_projection(
         "message_bytes": message,
         "fovs_per_step_per_rank": run["fovs_per_step"],
         "skip_steps": run["skip_steps"],
+        "overhead_s": overhead,
+        "overhead_source": "measured in --timings" if overhead_s is None else "--overhead-ms",
         "measured": measured,
         "cv_for_target": {"efficiency": target, "workers": target_workers, "cv": cv_needed},
         "paper": [{"workers": n, "efficiency": e} for n, e in paper_efficiencies()],
@@ -190,15 +202,20 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
     """What the command prints: one line per worker count, the measured run, the CV needed."""
     lines = [
         f"workers {p['workers']}: efficiency {100 * p['efficiency']:.1f}%, {p['fovs_per_s']:.4g} FOVs/s "
-        f"(stragglers {p['straggler_s'] * 1e3:.2f} ms, all-reduce {p['allreduce_s'] * 1e3:.3f} ms per step)"
+        f"(stragglers {p['straggler_s'] * 1e3:.2f} ms, all-reduce {p['allreduce_s'] * 1e3:.3f} ms, "
+        f"overhead {p.get('overhead_s', 0.0) * 1e3:.2f} ms per step)"
         for p in result["points"]
     ]
     m, t = result["measured"], result["cv_for_target"]
     lines.append(
         f"measured run: {m['ranks']} ranks, {m['fovs_per_s']:.4g} FOVs/s, work {m['work_mean_s'] * 1e3:.2f} ms/step "
-        f"(CV {100 * m['work_cv']:.1f}%); the model gives {m['model_fovs_per_s']:.4g} FOVs/s at {m['ranks']} ranks"
+        f"(CV {100 * m['work_cv']:.1f}%), waits {1e3 * m['overhead_s']:.2f} ms/step beyond stragglers and the all-reduce; "
+        f"the model gives {m['model_fovs_per_s']:.4g} FOVs/s at {m['ranks']} ranks (overhead {1e3 * result['overhead_s']:.2f} ms, "
+        f"{result['overhead_source']})"
     )
     cv = t["cv"]
-    hold = f"at most {100 * cv:.2f}%" if cv > 0 and math.isfinite(cv) else "no CV (the all-reduce alone costs more)"
+    hold = (
+        f"at most {100 * cv:.2f}%" if cv > 0 and math.isfinite(cv) else "no CV (the all-reduce and the per-step overhead alone cost more)"
+    )
     lines.append(f"to keep >= {100 * t['efficiency']:.0f}% at {t['workers']} workers, the per-rank work CV must be {hold}")
     return lines

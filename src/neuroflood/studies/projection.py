@@ -115,6 +115,7 @@ class ProjectionPoint:
     step_s: float
     straggler_s: float
     allreduce_s: float
+    overhead_s: float = 0.0
 
 
 def project(
@@ -126,11 +127,17 @@ def project(
     algorithm: str = "best",
     trials: int = 2000,
     seed: int = 0,
+    overhead_s: float = 0.0,
 ) -> list[ProjectionPoint]:
     """Throughput and efficiency at each worker count from per-rank work times ``work_s``.
 
-    ``fovs_per_step`` is each rank's batch; ``message_bytes`` the gradients' size.
+    ``fovs_per_step`` is each rank's batch; ``message_bytes`` the gradients' size;
+    ``overhead_s`` a fixed cost per synchronous step beyond stragglers and the all-reduce
+    (other collectives, process contention; see :func:`measured_overhead`), paid from two
+    ranks on.
     """
+    if not (math.isfinite(overhead_s) and overhead_s >= 0):
+        raise ConfigError(f"the per-step overhead {overhead_s} s must be finite and >= 0")
     work_s = np.asarray(work_s, np.float64).ravel()
     if work_s.size == 0 or not np.all(np.isfinite(work_s)) or work_s.min() < 0:
         raise ConfigError("per-rank work times must be finite, non-negative and at least one")
@@ -142,7 +149,8 @@ def project(
             raise ConfigError(f"worker count {n} must be at least 1")
         emax = expected_max(work_s, n, trials, seed)
         comm = net.allreduce_s(n, message_bytes, algorithm)
-        step = emax + comm
+        extra = overhead_s if n > 1 else 0.0
+        step = emax + comm + extra
         points.append(
             ProjectionPoint(
                 workers=n,
@@ -151,9 +159,21 @@ def project(
                 step_s=step,
                 straggler_s=emax - mean,
                 allreduce_s=comm,
+                overhead_s=extra,
             )
         )
     return points
+
+
+def measured_overhead(wait_s: np.ndarray, modelled: ProjectionPoint) -> float:
+    """What a run's ranks waited per step beyond the model's stragglers and all-reduce (>= 0).
+
+    ``wait_s`` are the run's per-rank waits, ``modelled`` the model (without overhead) at the
+    run's own rank count. A one-rank run has no synchronous step: 0.
+    """
+    if modelled.workers <= 1:
+        return 0.0
+    return max(0.0, float(np.mean(wait_s)) - modelled.straggler_s - modelled.allreduce_s)
 
 
 def normal_max_factor(n: int, trials: int = 4000, seed: int = 0) -> float:
