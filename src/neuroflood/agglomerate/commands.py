@@ -171,9 +171,7 @@ def _agglomerate(args: argparse.Namespace) -> int:
 
     import torch
 
-    from ..distributed import launch_local, strip_launch_args
-    from ..infer.blockwise import HELD_OUTPUT_ENV
-    from ..infer.segment import hold_output
+    from ..infer.segment import launch_holding
     from .files import AggPaths
     from .pipeline import agglomerate
 
@@ -181,12 +179,7 @@ def _agglomerate(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     if args.nproc_per_node and "LOCAL_RANK" not in os.environ:
         target = os.path.abspath(AggPaths.from_spec(args.out).out)
-        with hold_output(args.out, target):  # one writer per output: the launcher holds it for its workers
-            os.environ[HELD_OUTPUT_ENV] = target
-            try:
-                return launch_local(args.nproc_per_node, strip_launch_args(args.argv), threads_per_worker=args.threads, sigterm_exit=143)
-            finally:
-                os.environ.pop(HELD_OUTPUT_ENV, None)
+        return launch_holding(args.out, target, args.nproc_per_node, args.argv, args.threads)
     summary = agglomerate(
         args.model,
         args.image,

@@ -39,6 +39,7 @@ from ..bbox import BoundingBox
 from ..distributed import DistInfo, barrier, sum_over_ranks
 from ..errors import NeurofloodError
 from ..infer.blocks import Block, BlockGrid
+from ..infer.executor import run_with_clients
 from ..infer.jobfiles import failure_lines
 from ..infer.scheduler import Phase, run_phase
 from .decision_points import Candidates, DecisionPoints, block_candidates, drop_small_segments, margin_for, merge_candidates
@@ -281,32 +282,15 @@ def run_concurrently(
         for k in todo:
             finish(process(k, client))
         return
-    queue = list(todo)
-    lock = threading.Lock()
-    errors: list[BaseException] = []
     clients = [executor.client() for _ in range(min(len(todo), 2 * batch_size))]
+    lock = threading.Lock()  # finish() writes shared records
 
-    def work(client: Any) -> None:
-        with client:
-            while True:
-                with lock:
-                    if not queue or errors:
-                        return
-                    k = queue.pop(0)
-                try:
-                    finish(process(k, client))
-                except BaseException as e:  # re-raised in the caller's thread
-                    with lock:
-                        errors.append(e)
-                    return
+    def one(k: int, client: Any) -> None:
+        record = process(k, client)
+        with lock:
+            finish(record)
 
-    threads = [threading.Thread(target=work, args=(c,), name=f"reseg-{i}") for i, c in enumerate(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
+    run_with_clients(todo, clients, one, name="reseg")
 
 
 def decide(paths: AggPaths, n_jobs: int, opts: AgglomerationOptions) -> tuple[list[dict], np.ndarray]:

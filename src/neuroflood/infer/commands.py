@@ -276,22 +276,16 @@ def _segment_blockwise(args: argparse.Namespace, request: Any, options: Any) -> 
     """``neuroflood segment`` with a block size and/or --nproc-per-node."""
     import os
 
-    from ..distributed import launch_local, strip_launch_args
-    from .blockwise import HELD_OUTPUT_ENV, segment_blockwise
+    from .blockwise import segment_blockwise
     from .jobfiles import JobPaths
-    from .segment import hold_output
+    from .segment import launch_holding
 
     paths = JobPaths.from_spec(args.out)
     # One writer per output: the launcher holds it for its workers; a rank 0 started by
     # another launcher (torchrun, srun) takes it itself.
     if args.nproc_per_node and "LOCAL_RANK" not in os.environ:
         target = os.path.abspath(paths.root / paths.name)
-        with hold_output(args.out, target):
-            os.environ[HELD_OUTPUT_ENV] = target
-            try:
-                return launch_local(args.nproc_per_node, strip_launch_args(args.argv), threads_per_worker=args.threads, sigterm_exit=143)
-            finally:
-                os.environ.pop(HELD_OUTPUT_ENV, None)
+        return launch_holding(args.out, target, args.nproc_per_node, args.argv, args.threads)
     # (torch threads were set once by the command before this)
     summary = segment_blockwise(
         args.model,

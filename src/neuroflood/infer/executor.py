@@ -350,3 +350,37 @@ def make_executor(
     if batch_size <= 1:
         return LocalExecutor(model, device, precision, tf32)
     return BatchedExecutor(model, batch_size, device, precision, tf32)
+
+
+def run_with_clients(todo: list[int], clients: list[Any], work_one: Any, name: str = "canvas") -> None:
+    """``work_one(i, client)`` for every ``i`` of ``todo``, one thread per executor client.
+
+    Each thread takes the next item until none is left; the first exception stops the others
+    from taking more and is raised here once every thread has finished. Clients are entered
+    (``with client``) by their thread, so a batching executor knows when one is done.
+    """
+    lock = threading.Lock()
+    queue = list(todo)
+    errors: list[BaseException] = []
+
+    def work(client: Any) -> None:
+        with client:
+            while True:
+                with lock:
+                    if not queue or errors:
+                        return
+                    i = queue.pop(0)
+                try:
+                    work_one(i, client)
+                except BaseException as e:  # re-raised in the caller's thread
+                    with lock:
+                        errors.append(e)
+                    return
+
+    threads = [threading.Thread(target=work, args=(c,), name=f"{name}-{k}") for k, c in enumerate(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -29,7 +28,7 @@ from ..outputs import exclusive
 from ..volume import open_volume
 from .canvas import Canvas
 from .config import InferenceRequest
-from .executor import BatchedExecutor, make_executor
+from .executor import BatchedExecutor, make_executor, run_with_clients
 from .inputs import as_request, build_mask, check_finite, normalize_image, validate
 from .movement import MovementRestrictor
 from .results import SegmentationResult
@@ -208,35 +207,15 @@ def segment_many(
     corners = corners or [(0, 0, 0)] * len(images)
     n_threads = max(1, min(len(images), concurrency or 2 * request.batch_size))
     results: list[SegmentationResult | None] = [None] * len(images)
-    errors: list[BaseException] = []
-    lock = threading.Lock()
-    todo = list(range(len(images)))
     with BatchedExecutor(model, request.batch_size, request.device, request.precision, request.tf32) as executor:
         # Register every client before any thread runs, so that the first requests wait
         # for a full batch instead of going one by one.
         clients = [executor.client() for _ in range(n_threads)]
 
-        def work(client: Any) -> None:
-            with client:
-                while True:
-                    with lock:
-                        if not todo or errors:
-                            return
-                        i = todo.pop(0)
-                    try:
-                        results[i] = segment_subvolume(model, images[i], request, corner=corners[i], executor=client)
-                    except BaseException as e:
-                        with lock:
-                            errors.append(e)
-                        return
+        def one(i: int, client: Any) -> None:
+            results[i] = segment_subvolume(model, images[i], request, corner=corners[i], executor=client)
 
-        threads = [threading.Thread(target=work, args=(c,), name=f"canvas-{k}") for k, c in enumerate(clients)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    if errors:
-        raise errors[0]
+        run_with_clients(list(range(len(images))), clients, one)
     return [r for r in results if r is not None]
 
 
@@ -435,6 +414,7 @@ def write_summary(path: str | os.PathLike | None, summary: dict[str, Any]) -> No
 __all__ = [
     "SegmentationResult",
     "hold_output",
+    "launch_holding",
     "model_fingerprint",
     "output_lock_target",
     "segment_many",
@@ -442,3 +422,20 @@ __all__ = [
     "segment_volume",
     "write_summary",
 ]
+
+
+def launch_holding(out: str, target: str, nproc: int, argv: Sequence[str], threads: int | None) -> int:
+    """Start ``nproc`` local workers of this command (``argv``) while holding ``out``.
+
+    One writer per output: the launcher takes the output's lock and tells its workers
+    (``HELD_OUTPUT_ENV``) that it holds ``target`` for them. Returns the workers' exit status.
+    """
+    from ..distributed import launch_local, strip_launch_args
+    from .blockwise import HELD_OUTPUT_ENV
+
+    with hold_output(out, target):
+        os.environ[HELD_OUTPUT_ENV] = target
+        try:
+            return launch_local(nproc, strip_launch_args(list(argv)), threads_per_worker=threads, sigterm_exit=143)
+        finally:
+            os.environ.pop(HELD_OUTPUT_ENV, None)
