@@ -131,7 +131,9 @@ def main() -> None:
     right = np.array([owner.get(int(a)) == owner.get(int(b)) for a, b in zip(pairs["id_a"], pairs["id_b"])])
 
     grid = []
-    for iou, cons in itertools.product([0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9], [0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]):
+    for iou, cons in itertools.product(
+        [0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9], [0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
+    ):
         m = merged_of(pairs, iou, cons) & tune
         grid.append({"min_iou": iou, "min_consistency": cons, "right": int((m & right).sum()), "wrong": int((m & ~right).sum())})
     allowed = [g for g in grid if g["wrong"] <= args.max_wrong] or grid
