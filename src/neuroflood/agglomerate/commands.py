@@ -114,23 +114,14 @@ def options_from_args(args: argparse.Namespace) -> Any:
 
 
 def _request(args: argparse.Namespace) -> Any:
-    from ..config import load_config_file
-    from ..infer.commands import parse_overrides
+    from ..infer.commands import request_table
     from ..infer.config import InferenceRequest
 
-    raw = load_config_file(args.config) if args.config else {}
-    raw = _merge(raw, parse_overrides(args.overrides))
+    raw = request_table(args.config, args.overrides)
     if args.device:
         raw["device"] = args.device
     raw.pop("blockwise", None)
     return InferenceRequest.build(raw)
-
-
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for k, v in extra.items():
-        merged[k] = _merge(merged[k], v) if isinstance(v, dict) and isinstance(merged.get(k), dict) else v
-    return merged
 
 
 def _check_paths(args: argparse.Namespace) -> None:

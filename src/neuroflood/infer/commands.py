@@ -128,10 +128,17 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def request_table(config: str | None, overrides: list[str]) -> dict[str, Any]:
+    """The request as a table: the ``--config`` file (if any) with the ``--set`` overrides merged in."""
+    from ..config import load_config_file
+
+    raw = load_config_file(config) if config else {}
+    return _merge(raw, parse_overrides(overrides))
+
+
 def _segment(args: argparse.Namespace) -> int:
     import torch
 
-    from ..config import load_config_file
     from ..evaluate.report import check_output_file
     from ..outputs import check_writable_location
     from .config import BlockwiseConfig, InferenceRequest
@@ -149,8 +156,7 @@ def _segment(args: argparse.Namespace) -> int:
         check_summary_is_ours(args.summary)
     if args.threads:
         torch.set_num_threads(args.threads)
-    raw = load_config_file(args.config) if args.config else {}
-    raw = _merge(raw, parse_overrides(args.overrides))
+    raw = request_table(args.config, args.overrides)
     if args.device:
         raw["device"] = args.device
     if args.precision:
