@@ -17,6 +17,9 @@
    only, before and after, with and without filling holes of ≤ ``--fill-holes`` voxels; the
    merges made and how many are wrong (by majority ground-truth object); FOV evaluations and
    seconds of the agglomeration.
+4. The oracle: every candidate pair whose two segments have the same majority ground-truth
+   object merged, i.e. the best that merging these pairs could do, and how many pairs one
+   side's fill alone would merge (consistency > 0.6 on both segments).
 
 Writes benchmarks/results/agglomerate_fib25.json.
 """
@@ -161,6 +164,17 @@ def main() -> None:
         if args.fill_holes:
             entry["metrics_z_ge_125_filled"] = metrics(apply(seg, pairs, merged, args.fill_holes), gt)
         result[name] = entry
+    # What pair merging could reach at best: merge every candidate pair of one majority object.
+    same = right & np.array([owner.get(int(a)) not in (None, 0) for a in pairs["id_a"]])
+    ok = pairs["status"] == "ok"
+    one_sided = np.zeros(len(right), bool)
+    for side in ("from_a", "from_b"):
+        one_sided |= (pairs[f"{side}_segment_a_consistency"] > 0.6) & (pairs[f"{side}_segment_b_consistency"] > 0.6)
+    result["oracle_same_object_pairs"] = {
+        "merges": int(same.sum()),
+        "metrics_z_ge_125": metrics(apply(seg, pairs, same, 0), gt),
+        "one_sided_consistency_0.6": {"same_object": int((one_sided & same & ok).sum()), "different": int((one_sided & ~same & ok).sum())},
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: result[k] for k in ("agglomeration", "tuned")}, indent=2))

@@ -49,6 +49,7 @@ def test_lr_scaling_grid(tmp_path):
     assert len(report["best"]) == 4 and report["best"][1]["sqrt_rule"] == pytest.approx(1e-3)
     for m in ("f1", "accuracy"):
         assert (out / f"lr_scaling_{m}.png").stat().st_size > 10_000
+    assert not (out / "lr_scaling_loss.png").exists()  # the loss figure shows the rules; there are none
 
 
 def test_batch_size_study(tmp_path):

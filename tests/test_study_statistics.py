@@ -84,5 +84,32 @@ def test_lr_scaling_seeds_contract(tmp_path):
     same = [p for p in points if p["workers"] == 2 and p["rule"] in ("linear", "grid") and not p["warmup"]]
     assert same[0]["runs"] == same[1]["runs"]
     assert max(p["normalized_f1"] for p in points if p["workers"] == 1 and p["warmup"]) == pytest.approx(1.0)
-    for m in ("f1", "accuracy"):
+    for m in ("f1", "accuracy", "loss"):
         assert (out / f"lr_scaling_{m}.png").stat().st_size > 10_000
+
+
+def _rule_point(n: int, rule: str, warm: bool, losses: list[float]) -> dict:
+    runs = [{"final": {"loss": v, "accuracy": 1 - v, "f1": 1 - v}} for v in losses]
+    return {"workers": n, "rule": rule, "warmup": warm, "runs": runs}
+
+
+def test_compare_rules_picks_the_best_and_tests_it():
+    """Lowest loss (highest accuracy) wins; Welch's t-test decides whether the others are separable."""
+    from neuroflood.studies.lr_scaling import compare_rules
+
+    points = [
+        _rule_point(1, "none", False, [0.5, 0.5, 0.5]),  # N = 1: all rules alike, left out
+        _rule_point(4, "none", False, [0.40, 0.41, 0.42]),
+        _rule_point(4, "linear", False, [0.30, 0.31, 0.32]),  # clearly best
+        _rule_point(4, "sqrt", False, [0.35, 0.36, 0.37]),
+        _rule_point(16, "none", True, [0.30, 0.40, 0.35]),
+        _rule_point(16, "sqrt", True, [0.31, 0.41, 0.36]),  # overlapping: not separable
+    ]
+    rows = {(r["workers"], r["warmup"], r["metric"]): r for r in compare_rules(points)}
+    assert {k[0] for k in rows} == {4, 16}
+    a = rows[4, False, "loss"]
+    assert a["best_rule"] == "linear" and a["separable"]
+    assert a["others"]["none"]["difference"] == pytest.approx(-0.10) and a["others"]["none"]["p_value"] < 0.01
+    assert rows[4, False, "accuracy"]["best_rule"] == "linear"  # higher is better for accuracy
+    b = rows[16, True, "loss"]
+    assert b["best_rule"] == "none" and not b["separable"] and b["others"]["sqrt"]["p_value"] > 0.5

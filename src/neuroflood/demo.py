@@ -80,14 +80,14 @@ SIZES = {
     # inside it, as CREMI pads its test volumes: PolicyPeaks seeds no cell whose widest part
     # lies outside the image, so without context the cells cut by the faces stay unsegmented.
     # Training had 390 s until the demo also agglomerated, evaluated the result in 3-D and
-    # meshed it. Those stages cost 25-35 s on 2 cores (seeds 0-2: 170-286 pairs, 8,900-15,100
-    # FOV evaluations); cutting training to 320 s left seed 1 at adapted Rand 0.160, so it
-    # has 370 s (docs/benchmarks.md, "The demo").
+    # meshed it. Those stages cost 25-40 s on 2 cores (seeds 0-2: 170-286 pairs, 8,900-16,200
+    # FOV evaluations), so training has 320 s. 370 s did not help: seed 1 scored adapted Rand
+    # 0.160 with either, and the wall time rose to 570-600 s (docs/benchmarks.md, "The demo").
     "full": DemoSize(
         (96, 128, 128),
         (64, 96, 96),
         "depth=4,features=16,fov=11,11,11,deltas=3,3,3",
-        370.0,
+        320.0,
         100000,
         4,
         300,

@@ -130,7 +130,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "factors, the paper's form, normalised by the best at each N), --seeds times each. Each run is scored by "
         "its held-out accuracy, F1 and loss averaged over its last 20%% of evaluations; each point by their mean "
         "and 95%% CI over seeds. Writes OUT/lr_scaling.json (points with workers, rule, warmup, learning_rate, "
-        "seeds, accuracy/f1/loss {mean, ci95} and every run) and OUT/lr_scaling_{f1,accuracy}.png.",
+        "seeds, accuracy/f1/loss {mean, ci95} and every run) and OUT/lr_scaling_{f1,accuracy,loss}.png.",
     )
     _common(s, 2, 1)
     s.add_argument("--workers", type=_ints, default="1,2,4,8", help="worker counts N")
@@ -316,10 +316,10 @@ def _done(paths: str) -> int:
     """Report the files a study wrote (comma-separated) and record them as the study's own."""
     from pathlib import Path
 
-    written = [Path(p.strip()) for p in paths.split(",") if p.strip()]
+    written = [Path(p.strip()) for p in paths.split(",") if p.strip() and Path(p.strip()).exists()]  # e.g. no loss figure without rules
     for folder in {p.parent for p in written}:
         record_files(folder, [p.name for p in written if p.parent == folder], "study")
-    print(f"wrote {paths}", file=sys.stderr)
+    print(f"wrote {', '.join(map(str, written))}", file=sys.stderr)
     return 0
 
 
@@ -354,7 +354,7 @@ def _scaling(args: argparse.Namespace) -> int:
 TRAINING_STUDIES = {
     "lr_scaling": (
         ("workers", "lr_factors", "rules", "evaluations", "base_lr", "warmup_fraction", "fovs", "batch_size", "optimizer"),
-        ("lr_scaling.json", "lr_scaling_f1.png", "lr_scaling_accuracy.png"),
+        ("lr_scaling.json", "lr_scaling_f1.png", "lr_scaling_accuracy.png", "lr_scaling_loss.png"),
     ),
     "batch_size": (
         ("global_batches", "batch_size", "fovs", "evaluations", "base_lr", "lr_scaling", "warmup_fraction", "optimizer"),

@@ -158,16 +158,19 @@ def _grid_panel(ax, fig, points: Sequence[dict[str, Any]], base_lr: float, metri
     fig.colorbar(sc, ax=ax, label=f"held-out {_label(metric)} / best at the same N")
 
 
-def plot_lr_scaling(points: Sequence[dict[str, Any]], path: str | Path, base_lr: float, metric: str = "accuracy") -> Path:
+def plot_lr_scaling(
+    points: Sequence[dict[str, Any]], path: str | Path, base_lr: float, metric: str = "accuracy", grid: bool = True
+) -> Path:
     """The LR rules with error bars, then the paper's normalised (N, LR) grid without and with warm-up.
 
     ``points`` are lr_scaling.json's: ``rule`` (none, linear, sqrt or grid), ``workers``,
     ``learning_rate``, ``warmup`` and ``metric`` as ``{"mean", "ci95"}`` (or a number). The
     left panel shows the rules (mean ± 95 % CI over seeds); the others every (N, LR), coloured
     by its mean divided by the best mean at the same N (1.0 = best), as in the paper's figure.
+    ``grid=False`` draws the rules only (for the loss, where the best is the lowest).
     """
     has_rules = any(p["rule"] != "grid" for p in points)
-    panels = sorted({bool(p["warmup"]) for p in points})
+    panels = sorted({bool(p["warmup"]) for p in points}) if grid else []
     ncols = len(panels) + int(has_rules)
     fig, axes = plt.subplots(1, ncols, figsize=(6.2 * ncols, 4.8), squeeze=False)
     row = list(axes[0])

@@ -71,7 +71,7 @@ def run_lr_scaling(
     evaluations: int = 10,
     runs: StudyRuns = StudyRuns(),
 ) -> list[dict[str, Any]]:
-    """Run the study; write ``OUT/lr_scaling.json`` and ``OUT/lr_scaling_{f1,accuracy}.png``; return its points."""
+    """Run the study; write ``OUT/lr_scaling.json`` and ``OUT/lr_scaling_{f1,accuracy}.png`` (and ``_loss.png`` with rules); return its points."""
     model, eval_examples, seeds, mode, launcher, threads, jobs, data_size, seed, progress = runs.values()
     if workers and fovs < max(workers) * batch_size:
         raise ConfigError(
@@ -137,11 +137,14 @@ def run_lr_scaling(
             **runs.record(data),
         },
         "best": best_per_workers(points, base_lr),
+        "rule_comparison": compare_rules(points),
         "points": points,
     }
     write_json(out / "lr_scaling.json", report)
     for metric in ("f1", "accuracy"):
         plot_lr_scaling(points, out / f"lr_scaling_{metric}.png", base_lr, metric)
+    if rules:  # the rules' loss, which separates them best (the narrowest CIs); lower is better
+        plot_lr_scaling(points, out / "lr_scaling_loss.png", base_lr, "loss", grid=False)
     return points
 
 
@@ -181,4 +184,46 @@ def best_per_workers(points: list[dict[str, Any]], base_lr: float) -> list[dict[
                     "rules": {p["rule"]: p["f1"] for p in sub if p.get("rule", "grid") != "grid"},
                 }
             )
+    return out
+
+
+def compare_rules(points: list[dict[str, Any]], metrics: Sequence[str] = ("loss", "accuracy", "f1"), alpha: float = 0.05) -> list[dict[str, Any]]:
+    """Which LR rule is best at each (N, warm-up), per quality figure, and whether that is separable.
+
+    The best rule has the best mean over seeds (lowest loss, highest accuracy or F1); each
+    other rule gets its difference from the best and the p-value of Welch's t-test on the
+    seeds' final-window values (two-sided). ``separable`` is true when every other rule
+    differs from the best at ``p < alpha``. Needs two seeds or more; N = 1 (all rules alike) is
+    left out.
+    """
+    from scipy.stats import ttest_ind
+
+    rules = [p for p in points if p.get("rule") in RULES and p["workers"] > 1]
+    out = []
+    for n in sorted({p["workers"] for p in rules}):
+        for warm in (False, True):
+            group = [p for p in rules if p["workers"] == n and p["warmup"] == warm]
+            for m in metrics:
+                vals = {p["rule"]: [r["final"][m] for r in p["runs"] if r["final"].get(m) is not None] for p in group}
+                vals = {r: v for r, v in vals.items() if len(v) >= 2}
+                if len(vals) < 2:
+                    continue
+                sign = -1.0 if m == "loss" else 1.0
+                best = max(vals, key=lambda r: sign * sum(vals[r]) / len(vals[r]))
+                others = {}
+                for r, v in vals.items():
+                    if r != best:
+                        p_value = float(ttest_ind(vals[best], v, equal_var=False).pvalue)
+                        diff = sum(vals[best]) / len(vals[best]) - sum(v) / len(v)
+                        others[r] = {"difference": diff, "p_value": p_value if math.isfinite(p_value) else None}
+                out.append(
+                    {
+                        "workers": n,
+                        "warmup": warm,
+                        "metric": m,
+                        "best_rule": best,
+                        "others": others,
+                        "separable": all(o["p_value"] is not None and o["p_value"] < alpha for o in others.values()),
+                    }
+                )
     return out

@@ -1,0 +1,118 @@
+"""Markdown tables of a finished learning study, as docs/reproducing-the-paper.md cites them.
+
+    .venv/bin/python benchmarks/study_tables.py DIR/lr_scaling.json [DIR2/lr_scaling.json ...]
+    .venv/bin/python benchmarks/study_tables.py DIR/optimizers.json
+
+lr_scaling.json: per N and warm-up, each rule's final-window held-out loss, accuracy and F1
+(mean ± 95 % CI half-width over seeds) and the study's ``rule_comparison`` (best rule per
+figure, Welch p-values against it); then the run count and summed wall time of the study.
+optimizers.json: per optimizer, warm-up and N, the FOVs to the target (or comparable) level
+and the final-window figures. Prints to standard output; reads nothing but the JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def _f(stat: dict | float | None, digits: int = 3) -> str:
+    if isinstance(stat, dict):
+        m, ci = stat.get("mean"), stat.get("ci95")
+        if m is None:
+            return "–"
+        return f"{m:.{digits}f} ± {ci:.{digits}f}" if ci is not None else f"{m:.{digits}f}"
+    return "–" if stat is None else f"{stat:.{digits}f}"
+
+
+def _runs(points: list[dict]) -> tuple[int, float]:
+    """Distinct runs (a run shared by two points counts once) and their summed wall seconds."""
+    seen = {}
+    for p in points:
+        for r in p.get("runs", []):
+            seen[r["run_dir"]] = r.get("wall_s") or 0.0
+    return len(seen), sum(seen.values())
+
+
+def lr_scaling(report: dict) -> None:
+    c = report["config"]
+    print(f"model {c['model']}, {c['fovs']} FOVs per run, seeds {c['seeds']}, {c['evaluations']} evaluations of {c['eval_examples']}")
+    print()
+    print("| N | rule | warm-up | LR | loss | accuracy | F1 |")
+    print("|---:|---|---|---:|---|---|---|")
+    pts = sorted((p for p in report["points"] if p["rule"] != "grid"), key=lambda p: (p["workers"], p["warmup"], p["rule"]))
+    for p in pts:
+        if p["workers"] == 1 and p["rule"] != "none":
+            continue  # all rules are the base LR at N = 1
+        print(
+            f"| {p['workers']} | {p['rule'] if p['workers'] > 1 else 'all'} | {'yes' if p['warmup'] else 'no'} | {p['learning_rate']:.3g} | "
+            f"{_f(p['loss'])} | {_f(p['accuracy'])} | {_f(p['f1'])} |"
+        )
+    comp = report.get("rule_comparison") or []
+    if comp:
+        print()
+        print("| N | warm-up | figure | best rule | others: difference (Welch p) | separable at p < 0.05 |")
+        print("|---:|---|---|---|---|---|")
+        for r in comp:
+            others = "; ".join(
+                f"{k} {v['difference']:+.3f} (p {v['p_value']:.2g})" for k, v in r["others"].items() if v["p_value"] is not None
+            )
+            print(
+                f"| {r['workers']} | {'yes' if r['warmup'] else 'no'} | {r['metric']} | {r['best_rule']} | {others} | {'yes' if r['separable'] else 'no'} |"
+            )
+    grid = [p for p in report["points"] if p["rule"] == "grid"]
+    if grid:
+        print()
+        print("| N | warm-up | LR | loss | accuracy | normalised accuracy |")
+        print("|---:|---|---:|---|---|---:|")
+        for p in sorted(grid, key=lambda p: (p["workers"], p["warmup"], p["learning_rate"])):
+            na = p.get("normalized_accuracy")
+            print(
+                f"| {p['workers']} | {'yes' if p['warmup'] else 'no'} | {p['learning_rate']:.3g} | {_f(p['loss'])} | {_f(p['accuracy'])} | "
+                f"{'–' if na is None else f'{na:.3f}'} |"
+            )
+    n, wall = _runs(report["points"])
+    print(f"\n{n} runs, {wall / 3600:.2f} h of run wall time in all (runs in parallel count each)")
+
+
+def _level(stat: dict | None, point: dict) -> str:
+    """FOVs to a level: mean ± CI over the runs that reached it, and how many of the seeds did."""
+    if not stat:
+        return "–"
+    return f"{_f(stat, 0)} ({stat.get('reached', 0)}/{point.get('seeds', '?')})"
+
+
+def optimizers(report: dict) -> None:
+    c = report["config"]
+    print(
+        f"model {c.get('model')}, {c.get('fovs')} FOVs per run, seeds {c.get('seeds')}, target {c.get('target_accuracy')} "
+        f"(reached by any: {c.get('target_reached_by_any')}), comparable level {c.get('comparable_accuracy')}"
+    )
+    print()
+    print(
+        "| optimizer | LR | warm-up | N | best accuracy | loss (final window) | FOVs to target | FOVs to comparable level | modelled wall s |"
+    )
+    print("|---|---:|---|---:|---|---|---|---|---:|")
+    for p in report["points"]:
+        mw = p.get("modelled_wall_s")
+        mw = mw.get("mean") if isinstance(mw, dict) else mw
+        print(
+            f"| {p['optimizer']} | {p.get('learning_rate', 0):.3g} | {'yes' if p['warmup'] else 'no'} | {p['workers']} | {_f(p.get('best_accuracy'))} | "
+            f"{_f(p.get('loss'))} | {_level(p.get('fovs_to_target'), p)} | {_level(p.get('fovs_to_comparable'), p)} | "
+            f"{'–' if mw is None else f'{mw:.0f}'} |"
+        )
+    n, wall = _runs(report["points"])
+    print(f"\n{n} runs, {wall / 3600:.2f} h of run wall time in all")
+
+
+def main() -> None:
+    for path in sys.argv[1:]:
+        report = json.loads(Path(path).read_text())
+        print(f"## {path}\n")
+        {"lr-scaling": lr_scaling, "optimizers": optimizers}[report["study"]](report)
+        print()
+
+
+if __name__ == "__main__":
+    main()
