@@ -187,7 +187,9 @@ def best_per_workers(points: list[dict[str, Any]], base_lr: float) -> list[dict[
     return out
 
 
-def compare_rules(points: list[dict[str, Any]], metrics: Sequence[str] = ("loss", "accuracy", "f1"), alpha: float = 0.05) -> list[dict[str, Any]]:
+def compare_rules(
+    points: list[dict[str, Any]], metrics: Sequence[str] = ("loss", "accuracy", "f1"), alpha: float = 0.05
+) -> list[dict[str, Any]]:
     """Which LR rule is best at each (N, warm-up), per quality figure, and whether that is separable.
 
     The best rule has the best mean over seeds (lowest loss, highest accuracy or F1); each
