@@ -33,7 +33,7 @@ from ..config import ModelConfig
 from ..errors import ConfigError
 
 # The fastest network that learns the study's synthetic volume: ≈ 600 FOVs/s of training on
-# one CPU core, held-out loss still falling at 19,200 FOVs (docs/reproducing-the-paper.md,
+# one CPU core, on its held-out plateau by 19,200 FOVs (docs/reproducing-the-paper.md,
 # "Convergence check"). The earlier depth=3, features=16, FOV 13³ network trained ~5× slower
 # and sat on the same held-out accuracy plateau.
 STUDY_MODEL = "depth=2,features=8,fov=9,9,9,deltas=2,2,2"
