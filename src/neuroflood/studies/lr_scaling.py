@@ -36,7 +36,7 @@ from .common import (
     write_json,
 )
 from .figures import plot_lr_scaling
-from .statistics import run_record, seed_list, summarise
+from .statistics import mean_ci95, run_record, seed_list, summarise
 
 RULES = ("none", "linear", "sqrt")
 
@@ -211,12 +211,13 @@ def compare_rules(
                 if len(vals) < 2:
                     continue
                 sign = -1.0 if m == "loss" else 1.0
-                best = max(vals, key=lambda r: sign * sum(vals[r]) / len(vals[r]))
+                means = {r: mean_ci95(v)["mean"] for r, v in vals.items()}
+                best = max(means, key=lambda r: sign * means[r])
                 others = {}
                 for r, v in vals.items():
                     if r != best:
                         p_value = float(ttest_ind(vals[best], v, equal_var=False).pvalue)
-                        diff = sum(vals[best]) / len(vals[best]) - sum(v) / len(v)
+                        diff = means[best] - means[r]
                         others[r] = {"difference": diff, "p_value": p_value if math.isfinite(p_value) else None}
                 out.append(
                     {
