@@ -7,8 +7,9 @@ import json
 import pytest
 
 from neuroflood.cli import main
+from neuroflood.studies.commands import _factors
 from neuroflood.studies.figures import efficiency
-from neuroflood.studies.lr_scaling import best_per_workers, normalise
+from neuroflood.studies.lr_scaling import _grid, auto_factors, best_per_workers, normalise
 
 TINY = "depth=2,features=4,fov=9,9,9,deltas=2,2,2"
 SMALL = ["--model", TINY, "--data-size", "40", "--threads", "1"]
@@ -50,6 +51,19 @@ def test_lr_scaling_grid(tmp_path):
     for m in ("f1", "accuracy"):
         assert (out / f"lr_scaling_{m}.png").stat().st_size > 10_000
     assert not (out / "lr_scaling_loss.png").exists()  # the loss figure shows the rules; there are none
+
+
+def test_lr_factors_auto_brackets_the_rules_at_every_n():
+    """--lr-factors auto: powers of 2 from 0.5 to 2N, so none, linear (and sqrt where N is a power of 4) are on it."""
+    assert _factors("auto") == "auto" and _factors("none") == [] and _factors("1,2") == [1.0, 2.0]
+    assert auto_factors(1) == [0.5, 1, 2] and auto_factors(64) == [2.0**k for k in range(-1, 8)]
+    assert auto_factors(8)[-1] == 16 and auto_factors(5)[-1] == 16  # not a power of 2: up to the next one, doubled
+    points = _grid([1, 16], ["none", "linear", "sqrt"], "auto", 1e-3)
+    for n in (1, 16):
+        grid = sorted(lr for w, rule, lr in points if w == n and rule == "grid")
+        rules = {lr for w, rule, lr in points if w == n and rule != "grid"}
+        assert grid[0] == pytest.approx(0.5e-3) and grid[-1] == pytest.approx(2e-3 * n)
+        assert all(any(r == pytest.approx(g) for g in grid) for r in rules)
 
 
 def test_batch_size_study(tmp_path):

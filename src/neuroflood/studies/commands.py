@@ -37,9 +37,10 @@ def _floats(text: str) -> list[float]:
     return vals
 
 
-def _factors(text: str) -> list[float]:
-    """``--lr-factors``: positive numbers, or ``none`` for no LR grid (the rules only)."""
-    return [] if text.strip().lower() == "none" else _floats(text)
+def _factors(text: str) -> list[float] | str:
+    """``--lr-factors``: positive numbers, ``auto`` (a grid around the rules at each N) or ``none`` (no grid)."""
+    word = text.strip().lower()
+    return [] if word == "none" else "auto" if word == "auto" else _floats(text)
 
 
 def _rules(text: str) -> list[str]:
@@ -134,7 +135,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     _common(s, 2, 1)
     s.add_argument("--workers", type=_ints, default="1,2,4,8", help="worker counts N")
-    s.add_argument("--lr-factors", type=_factors, default="0.5,1,2,4,8", help="LR grid as multiples of --base-lr (none: no grid)")
+    s.add_argument(
+        "--lr-factors",
+        type=_factors,
+        default="0.5,1,2,4,8",
+        help="LR grid as multiples of --base-lr (auto: powers of 2 from 0.5 to 2N at each N, around the rules "
+        "none = 1, sqrt = sqrt(N) and linear = N; none: no grid)",
+    )
     s.add_argument("--rules", type=_rules, default="none,linear,sqrt", help="LR rules to compare (off: the grid only)")
     s.add_argument("--base-lr", type=float, default=1e-3, help="reference learning rate of one worker")
     s.add_argument("--warmup-fraction", type=float, default=0.1, help="warm-up length as a fraction of each run's steps")

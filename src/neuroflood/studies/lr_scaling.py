@@ -8,7 +8,9 @@ of its steps (the paper's warm-up lengths are unknown), at
 * the learning rate of each scaling **rule** (``rules``): none = base, linear = base·N,
   sqrt = base·√N, the paper's comparison; and
 * an LR **grid**, base × ``lr_factors`` at every N (absolute rates, no rule): the paper's own
-  form, each point normalised by the best point at the same N and warm-up.
+  form, each point normalised by the best point at the same N and warm-up. With
+  ``lr_factors="auto"`` the grid follows N: powers of 2 from 0.5 to 2N, so that it brackets
+  all three rules at every N without spending runs on rates far beyond linear.
 
 Every point trains ``seeds`` times (initial weights and example order change with the seed;
 the held-out examples do not) and is scored by the mean and 95 % confidence interval over
@@ -49,19 +51,25 @@ def rule_lr(rule: str, base_lr: float, workers: int) -> float:
     return float(f"{base_lr * scale[rule]:.12g}")
 
 
-def _grid(workers: Sequence[int], rules: Sequence[str], lr_factors: Sequence[float], base_lr: float) -> list[tuple[int, str, float]]:
+def auto_factors(workers: int) -> list[float]:
+    """The ``auto`` grid at N workers: powers of 2 from 0.5 to 2N (one step beyond none and linear)."""
+    return [2.0**k for k in range(-1, math.ceil(math.log2(workers)) + 2)]
+
+
+def _grid(workers: Sequence[int], rules: Sequence[str], lr_factors: Sequence[float] | str, base_lr: float) -> list[tuple[int, str, float]]:
     """(N, rule or "grid", learning rate) of every point, rules first at each N."""
     out = []
     for n in workers:
+        factors = auto_factors(n) if lr_factors == "auto" else lr_factors
         out += [(n, r, rule_lr(r, base_lr, n)) for r in rules]
-        out += [(n, "grid", float(f"{base_lr * f:.12g}")) for f in lr_factors]
+        out += [(n, "grid", float(f"{base_lr * f:.12g}")) for f in factors]
     return out
 
 
 def run_lr_scaling(
     out: str | Path,
     workers: Sequence[int] = (1, 2, 4, 8),
-    lr_factors: Sequence[float] = (0.5, 1, 2, 4, 8),
+    lr_factors: Sequence[float] | str = (0.5, 1, 2, 4, 8),
     rules: Sequence[str] = RULES,
     base_lr: float = 1e-3,
     warmup_fraction: float = 0.1,
@@ -79,6 +87,8 @@ def run_lr_scaling(
             f"{max(workers) * batch_size}"
         )
     runs.check(evaluations)
+    if isinstance(lr_factors, str) and lr_factors != "auto":
+        raise ConfigError(f"lr_factors {lr_factors!r}: give numbers or 'auto'")
     if not rules and not lr_factors:
         raise ConfigError("nothing to run: give --rules or --lr-factors")
     out = Path(out)
@@ -127,7 +137,7 @@ def run_lr_scaling(
         "config": {
             "workers": list(workers),
             "rules": list(rules),
-            "lr_factors": list(lr_factors),
+            "lr_factors": lr_factors if isinstance(lr_factors, str) else list(lr_factors),
             "base_lr": base_lr,
             "warmup_fraction": warmup_fraction,
             "fovs": fovs,
