@@ -2,12 +2,15 @@
 
     .venv/bin/python benchmarks/study_tables.py DIR/lr_scaling.json [DIR2/lr_scaling.json ...]
     .venv/bin/python benchmarks/study_tables.py DIR/optimizers.json
+    .venv/bin/python benchmarks/study_tables.py --convergence B/lr_scaling.json 2B/lr_scaling.json
 
 lr_scaling.json: per N and warm-up, each rule's final-window held-out loss, accuracy and F1
 (mean ± 95 % CI half-width over seeds) and the study's ``rule_comparison`` (best rule per
 figure, Welch p-values against it); then the run count and summed wall time of the study.
 optimizers.json: per optimizer, warm-up and N, the FOVs to the target (or comparable) level
-and the final-window figures. Prints to standard output; reads nothing but the JSON.
+and the final-window figures. ``--convergence``: the issue's convergence check, the same
+points at budget B and 2B (with and without warm-up): each figure's mean ± 95 % CI at both,
+and the change with its Welch 95 % CI. Prints to standard output; reads nothing but the JSON.
 """
 
 from __future__ import annotations
@@ -106,7 +109,43 @@ def optimizers(report: dict) -> None:
     print(f"\n{n} runs, {wall / 3600:.2f} h of run wall time in all")
 
 
+def _welch(a: list[float], b: list[float]) -> tuple[float, float]:
+    """Mean of ``b`` minus mean of ``a`` and the half-width of its Welch 95 % CI."""
+    import numpy as np
+    from scipy.stats import t
+
+    a_, b_ = np.asarray(a, float), np.asarray(b, float)
+    va, vb = a_.var(ddof=1) / len(a_), b_.var(ddof=1) / len(b_)
+    dof = (va + vb) ** 2 / (va**2 / (len(a_) - 1) + vb**2 / (len(b_) - 1))
+    return float(b_.mean() - a_.mean()), float(t.ppf(0.975, dof) * np.sqrt(va + vb))
+
+
+def convergence(path_b: str, path_2b: str) -> None:
+    rb, r2b = (json.loads(Path(p).read_text()) for p in (path_b, path_2b))
+    print(f"budget B = {rb['config']['fovs']} FOVs, 2B = {r2b['config']['fovs']} FOVs; {rb['config']['evaluations']} evaluations per run")
+    print()
+    print("| N | warm-up | figure | seeds | at B | at 2B | change (Welch 95 % CI) |")
+    print("|---:|---|---|---:|---|---|---|")
+    for p in rb["points"]:
+        if p["rule"] == "grid" or (p["workers"] == 1 and p["rule"] != "none"):
+            continue
+        q = next((q for q in r2b["points"] if (q["workers"], q["rule"], q["warmup"]) == (p["workers"], p["rule"], p["warmup"])), None)
+        if q is None:
+            continue
+        for m in ("accuracy", "loss", "f1"):
+            a = [r["final"][m] for r in p["runs"] if r["final"].get(m) is not None]
+            b = [r["final"][m] for r in q["runs"] if r["final"].get(m) is not None]
+            d, ci = _welch(a, b)
+            print(
+                f"| {p['workers']} | {'yes' if p['warmup'] else 'no'} | {m} | {len(a)}/{len(b)} | {_f(p[m])} | {_f(q[m])} | "
+                f"{d:+.3f} ± {ci:.3f} |"
+            )
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--convergence"]:
+        convergence(*sys.argv[2:4])
+        return
     for path in sys.argv[1:]:
         report = json.loads(Path(path).read_text())
         print(f"## {path}\n")
