@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/study_tables.py DIR/lr_scaling.json [DIR2/lr_scaling.json ...]
     .venv/bin/python benchmarks/study_tables.py DIR/optimizers.json
-    .venv/bin/python benchmarks/study_tables.py --convergence B/lr_scaling.json 2B/lr_scaling.json
+    .venv/bin/python benchmarks/study_tables.py --convergence B/lr_scaling.json 2B/lr_scaling.json [--figure PNG]
 
 lr_scaling.json: per N and warm-up, each rule's final-window held-out loss, accuracy and F1
 (mean ± 95 % CI half-width over seeds) and the study's ``rule_comparison`` (best rule per
@@ -10,7 +10,9 @@ figure, Welch p-values against it); then the run count and summed wall time of t
 optimizers.json: per optimizer, warm-up and N, the FOVs to the target (or comparable) level
 and the final-window figures. ``--convergence``: the issue's convergence check, the same
 points at budget B and 2B (with and without warm-up): each figure's mean ± 95 % CI at both,
-and the change with its Welch 95 % CI. Prints to standard output; reads nothing but the JSON.
+and the change with its Welch 95 % CI; with ``--figure``, the mean held-out accuracy and loss
+curves (bands: 95 % CI over seeds) of both budgets against FOVs. Prints to standard output;
+reads nothing but the JSON.
 """
 
 from __future__ import annotations
@@ -142,9 +144,49 @@ def convergence(path_b: str, path_2b: str) -> None:
             )
 
 
+def convergence_figure(path_b: str, path_2b: str, out: str) -> None:
+    """Mean accuracy and loss against FOVs, budget B and 2B, with and without warm-up."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from neuroflood.studies.statistics import mean_curve
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
+    for i, path in enumerate((path_b, path_2b)):
+        report = json.loads(Path(path).read_text())
+        for p in report["points"]:
+            if p["workers"] != 1 or p["rule"] not in ("none", "grid"):
+                continue
+            curve = mean_curve(p["runs"])
+            label = f"{report['config']['fovs']:,} FOVs, {'warm-up' if p['warmup'] else 'no warm-up'} ({p['seeds']} seeds)"
+            color = f"C{2 * i + int(p['warmup'])}"
+            for ax, m in zip(axes, ("accuracy", "loss")):
+                x = [c["fovs"] for c in curve]
+                y = [c[m] for c in curve]
+                ci = [c[f"{m}_ci95"] or 0.0 for c in curve]
+                ax.plot(x, y, "-", color=color, label=label, lw=1.2)
+                ax.fill_between(x, [a - b for a, b in zip(y, ci)], [a + b for a, b in zip(y, ci)], color=color, alpha=0.15, lw=0)
+    for ax, m in zip(axes, ("held-out accuracy (p ≥ 0.9)", "held-out loss")):
+        ax.set_xlabel("FOVs trained (N = 1)")
+        ax.set_ylabel(f"{m}, mean ± 95 % CI")
+        ax.grid(True, alpha=0.3)
+    lo, hi = axes[1].get_ylim()
+    axes[1].set_ylim(max(lo, 0.2), min(hi, 0.6))  # the first evaluations' loss would flatten the rest
+    axes[0].legend(fontsize=8, loc="lower right")
+    axes[0].set_title("Convergence check: accuracy, budget B and 2B")
+    axes[1].set_title("Convergence check: loss, budget B and 2B")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    print(f"wrote {out}")
+
+
 def main() -> None:
     if sys.argv[1:2] == ["--convergence"]:
         convergence(*sys.argv[2:4])
+        if sys.argv[4:5] == ["--figure"]:
+            convergence_figure(sys.argv[2], sys.argv[3], sys.argv[5])
         return
     for path in sys.argv[1:]:
         report = json.loads(Path(path).read_text())
