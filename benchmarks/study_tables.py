@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/study_tables.py DIR/lr_scaling.json [DIR2/lr_scaling.json ...]
     .venv/bin/python benchmarks/study_tables.py DIR/optimizers.json
-    .venv/bin/python benchmarks/study_tables.py --convergence B/lr_scaling.json 2B/lr_scaling.json [--figure PNG]
+    .venv/bin/python benchmarks/study_tables.py --convergence B/lr_scaling.json 2B/lr_scaling.json [8B/...] [--figure PNG]
 
 lr_scaling.json: per N and warm-up, each rule's final-window held-out loss, accuracy and F1
 (mean ± 95 % CI half-width over seeds) and the study's ``rule_comparison`` (best rule per
@@ -124,14 +124,18 @@ def _welch(a: list[float], b: list[float]) -> tuple[float, float]:
 
 def convergence(path_b: str, path_2b: str) -> None:
     rb, r2b = (json.loads(Path(p).read_text()) for p in (path_b, path_2b))
-    print(f"budget B = {rb['config']['fovs']} FOVs, 2B = {r2b['config']['fovs']} FOVs; {rb['config']['evaluations']} evaluations per run")
+    print(
+        f"budget {rb['config']['fovs']} FOVs ({rb['config']['evaluations']} evaluations per run) against "
+        f"{r2b['config']['fovs']} FOVs ({r2b['config']['evaluations']})"
+    )
     print()
-    print("| N | warm-up | figure | seeds | at B | at 2B | change (Welch 95 % CI) |")
-    print("|---:|---|---|---:|---|---|---|")
+    print("| N | LR | warm-up | figure | seeds | at the first budget | at the second | change (Welch 95 % CI) |")
+    print("|---:|---:|---|---|---:|---|---|---|")
     for p in rb["points"]:
-        if p["rule"] == "grid" or (p["workers"] == 1 and p["rule"] != "none"):
+        if p["workers"] == 1 and p["rule"] not in ("none", "grid"):
             continue
-        q = next((q for q in r2b["points"] if (q["workers"], q["rule"], q["warmup"]) == (p["workers"], p["rule"], p["warmup"])), None)
+        key = (p["workers"], p["learning_rate"], p["warmup"])
+        q = next((q for q in r2b["points"] if (q["workers"], q["learning_rate"], q["warmup"]) == key), None)
         if q is None:
             continue
         for m in ("accuracy", "loss", "f1"):
@@ -139,13 +143,13 @@ def convergence(path_b: str, path_2b: str) -> None:
             b = [r["final"][m] for r in q["runs"] if r["final"].get(m) is not None]
             d, ci = _welch(a, b)
             print(
-                f"| {p['workers']} | {'yes' if p['warmup'] else 'no'} | {m} | {len(a)}/{len(b)} | {_f(p[m])} | {_f(q[m])} | "
-                f"{d:+.3f} ± {ci:.3f} |"
+                f"| {p['workers']} | {p['learning_rate']:.3g} | {'yes' if p['warmup'] else 'no'} | {m} | {len(a)}/{len(b)} | "
+                f"{_f(p[m])} | {_f(q[m])} | {d:+.3f} ± {ci:.3f} |"
             )
 
 
-def convergence_figure(path_b: str, path_2b: str, out: str) -> None:
-    """Mean accuracy and loss against FOVs, budget B and 2B, with and without warm-up."""
+def convergence_figure(paths: list[str], out: str) -> None:
+    """Mean accuracy and loss against FOVs at N = 1, one line per budget, LR and warm-up."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -154,29 +158,33 @@ def convergence_figure(path_b: str, path_2b: str, out: str) -> None:
     from neuroflood.studies.statistics import mean_curve
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
-    for i, path in enumerate((path_b, path_2b)):
+    lines = 0
+    for path in paths:
         report = json.loads(Path(path).read_text())
         for p in report["points"]:
             if p["workers"] != 1 or p["rule"] not in ("none", "grid"):
                 continue
             curve = mean_curve(p["runs"])
-            label = f"{report['config']['fovs']:,} FOVs, {'warm-up' if p['warmup'] else 'no warm-up'} ({p['seeds']} seeds)"
-            color = f"C{2 * i + int(p['warmup'])}"
+            warm = "warm-up" if p["warmup"] else "no warm-up"
+            label = f"{report['config']['fovs']:,} FOVs, LR {p['learning_rate']:g}, {warm} ({p['seeds']} seeds)"
+            color = f"C{lines % 10}"
+            lines += 1
             for ax, m in zip(axes, ("accuracy", "loss")):
                 x = [c["fovs"] for c in curve]
                 y = [c[m] for c in curve]
                 ci = [c[f"{m}_ci95"] or 0.0 for c in curve]
                 ax.plot(x, y, "-", color=color, label=label, lw=1.2)
-                ax.fill_between(x, [a - b for a, b in zip(y, ci)], [a + b for a, b in zip(y, ci)], color=color, alpha=0.15, lw=0)
+                if p["seeds"] >= 3:  # with 2 seeds t = 12.7: a band as wide as the axis
+                    ax.fill_between(x, [a - b for a, b in zip(y, ci)], [a + b for a, b in zip(y, ci)], color=color, alpha=0.15, lw=0)
     for ax, m in zip(axes, ("held-out accuracy (p ≥ 0.9)", "held-out loss")):
         ax.set_xlabel("FOVs trained (N = 1)")
         ax.set_ylabel(f"{m}, mean ± 95 % CI")
         ax.grid(True, alpha=0.3)
-    lo, hi = axes[1].get_ylim()
-    axes[1].set_ylim(max(lo, 0.2), min(hi, 0.6))  # the first evaluations' loss would flatten the rest
+    axes[0].set_ylim(0.4, 0.95)
+    axes[1].set_ylim(0.2, 0.6)  # the first evaluations' loss would flatten the rest
     axes[0].legend(fontsize=8, loc="lower right")
-    axes[0].set_title("Convergence check: accuracy, budget B and 2B")
-    axes[1].set_title("Convergence check: loss, budget B and 2B")
+    axes[0].set_title("Convergence check (N = 1): held-out accuracy")
+    axes[1].set_title("Convergence check (N = 1): held-out loss")
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     print(f"wrote {out}")
@@ -184,9 +192,16 @@ def convergence_figure(path_b: str, path_2b: str, out: str) -> None:
 
 def main() -> None:
     if sys.argv[1:2] == ["--convergence"]:
-        convergence(*sys.argv[2:4])
-        if sys.argv[4:5] == ["--figure"]:
-            convergence_figure(sys.argv[2], sys.argv[3], sys.argv[5])
+        args = sys.argv[2:]
+        figure = None
+        if "--figure" in args:
+            i = args.index("--figure")
+            figure, args = args[i + 1], args[:i] + args[i + 2 :]
+        for first, second in zip(args, args[1:]):
+            convergence(first, second)
+            print()
+        if figure:
+            convergence_figure(args, figure)
         return
     for path in sys.argv[1:]:
         report = json.loads(Path(path).read_text())
