@@ -129,8 +129,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "For each worker count N, with and without warm-up, train on the same number of FOVs at the learning rate "
         "of each rule (none = base, linear = base*N, sqrt = base*sqrt(N)) and of each LR of the grid (base x "
         "factors, the paper's form, normalised by the best at each N), --seeds times each. Each run is scored by "
-        "its held-out accuracy, F1 and loss averaged over its last 20%% of evaluations; each point by their mean "
-        "and 95%% CI over seeds. Writes OUT/lr_scaling.json (points with workers, rule, warmup, learning_rate, "
+        "its held-out accuracy, F1 and loss averaged over its last 20% of evaluations; each point by their mean "
+        "and 95% CI over seeds. Writes OUT/lr_scaling.json (points with workers, rule, warmup, learning_rate, "
         "seeds, accuracy/f1/loss {mean, ci95} and every run) and OUT/lr_scaling_{f1,accuracy,loss}.png.",
     )
     _common(s, 2, 1)
@@ -222,7 +222,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "rank, the network's gradient bytes); model a synchronous step at N ranks as the expected maximum of N "
         "measured work times (bootstrap) plus an alpha-beta all-reduce. Writes OUT/projection.json and "
         "OUT/projection.png (efficiency against workers, with the paper's measured efficiencies) and prints the "
-        "per-rank work CV a cluster must hold to keep 85%% at 1024 workers.",
+        "per-rank work CV a cluster must hold to keep 85% at 1024 workers.",
     )
     s.add_argument("--timings", required=True, metavar="RUN_DIR", help="run directory of `neuroflood train` (step_times.jsonl)")
     s.add_argument("--workers", type=_ints, default="1,2,4,8,16,32,64,128,256,512,1024,2048,4096", help="worker counts")
