@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import time
 
 import pytest
 
@@ -51,6 +53,20 @@ def test_lr_scaling_grid(tmp_path):
     for m in ("f1", "accuracy"):
         assert (out / f"lr_scaling_{m}.png").stat().st_size > 10_000
     assert not (out / "lr_scaling_loss.png").exists()  # the loss figure shows the rules; there are none
+
+
+def test_a_rerun_reports_only_the_files_it_wrote(tmp_path, capsys):
+    """A --rules off run on an OUT where a rules run left lr_scaling_loss.png does not claim that figure."""
+    out = tmp_path / "lr"
+    base = ["study", "lr-scaling", "--out", str(out), "--workers", "1", "--fovs", "16", "--evaluations", "2", "--eval-examples", "4"]
+    assert main([*base, "--rules", "none", "--lr-factors", "none", "--jobs", "1", *SMALL]) == 0
+    assert "lr_scaling_loss.png" in capsys.readouterr().err
+    old = time.time() - 60  # as if the first run had finished a minute ago
+    os.utime(out / "lr_scaling_loss.png", (old, old))
+    assert main([*base, "--rules", "off", "--lr-factors", "1", "--jobs", "1", *SMALL]) == 0
+    wrote = [line for line in capsys.readouterr().err.splitlines() if line.startswith("wrote ")]
+    assert wrote and "lr_scaling.json" in wrote[-1] and "lr_scaling_loss.png" not in wrote[-1]
+    assert (out / "lr_scaling_loss.png").exists()  # left as it was: an earlier study's file
 
 
 def test_lr_factors_auto_brackets_the_rules_at_every_n():

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import time
 from typing import Any
 
 from ..errors import ConfigError
@@ -312,18 +313,26 @@ def _check(args: argparse.Namespace) -> None:
     check_output_dir(args.out)
 
 
-def _start(args: argparse.Namespace) -> None:
+def _start(args: argparse.Namespace) -> float:
+    """Check the options and set the threads; returns the start time (for :func:`_done`)."""
+    started = time.time()
     _check(args)
     import torch
 
     torch.set_num_threads(args.threads)  # once, at process start (emulated runs in this process)
+    return started
 
 
-def _done(paths: str) -> int:
-    """Report the files a study wrote (comma-separated) and record them as the study's own."""
+def _done(paths: str, since: float) -> int:
+    """Report the files of ``paths`` (comma-separated) that this study wrote (modified since
+    ``since``) and record them as the study's own. A file an earlier study left on the same
+    OUT and this one did not write (e.g. the loss figure after a ``--rules off`` run) is not."""
     from pathlib import Path
 
-    written = [Path(p.strip()) for p in paths.split(",") if p.strip() and Path(p.strip()).exists()]  # e.g. no loss figure without rules
+    def fresh(p: Path) -> bool:
+        return p.exists() and p.stat().st_mtime >= since - 1.0  # coarse file-system clocks
+
+    written = [Path(p.strip()) for p in paths.split(",") if p.strip() and fresh(Path(p.strip()))]
     for folder in {p.parent for p in written}:
         record_files(folder, [p.name for p in written if p.parent == folder], "study")
     print(f"wrote {', '.join(map(str, written))}", file=sys.stderr)
@@ -331,7 +340,7 @@ def _done(paths: str) -> int:
 
 
 def _scaling(args: argparse.Namespace) -> int:
-    _start(args)
+    started = _start(args)
     check_files(args.out, ("scaling.json", "scaling.png"), "study")
     from .scaling import run_scaling
 
@@ -353,7 +362,7 @@ def _scaling(args: argparse.Namespace) -> int:
             f"workers {r['workers']}: {r['fovs_per_s']:.3f} FOVs/s, efficiency {100 * r['efficiency']:.0f}%, "
             f"{r['seconds_per_step']:.2f} s/step"
         )
-    return _done(f"{args.out}/scaling.json, {args.out}/scaling.png")
+    return _done(f"{args.out}/scaling.json, {args.out}/scaling.png", started)
 
 
 # The training studies: their own options (read from the command line by name), the files they
@@ -389,11 +398,11 @@ def _training_study(name: str, args: argparse.Namespace, **extra: Any) -> int:
     import importlib
 
     options, files = TRAINING_STUDIES[name]
-    _start(args)
+    started = _start(args)
     check_files(args.out, files, "study")
     run = getattr(importlib.import_module(f".{name}", __package__), f"run_{name}")
     run(args.out, **{k: getattr(args, k) for k in options}, **extra, **_training_kw(args))
-    return _done(", ".join(f"{args.out}/{f}" for f in files))
+    return _done(", ".join(f"{args.out}/{f}" for f in files), started)
 
 
 def _lr_scaling(args: argparse.Namespace) -> int:
@@ -406,19 +415,20 @@ def _batch_size(args: argparse.Namespace) -> int:
 
 def _optimizers(args: argparse.Namespace) -> int:
     options, files = TRAINING_STUDIES["optimizers"]
-    _start(args)
+    started = _start(args)
     check_files(args.out, files, "study")
     from .optimizers import run_optimizers, summary_line
 
     names = [o.strip() for o in args.optimizers.split(",") if o.strip()]
     report = run_optimizers(args.out, optimizers=names, **{k: getattr(args, k) for k in options}, **_training_kw(args))
     print(summary_line(report["config"]))  # which accuracy level the FOVs are counted to
-    return _done(", ".join(f"{args.out}/{f}" for f in files))
+    return _done(", ".join(f"{args.out}/{f}" for f in files), started)
 
 
 def _project(args: argparse.Namespace) -> int:
     from ..evaluate.report import check_output_dir
 
+    started = time.time()
     if args.skip_steps < 0:
         raise ConfigError(f"--skip-steps must be >= 0, got {args.skip_steps}")
     overhead = None  # measured in the run
@@ -438,4 +448,4 @@ def _project(args: argparse.Namespace) -> int:
     check_files(args.out, ("projection.json", "projection.png"), "study")
     result = run_projection(run, args.workers, args.out, net, args.algorithm, overhead_s=overhead)
     print("\n".join(summary_lines(result)))
-    return _done(f"{args.out}/projection.json, {args.out}/projection.png")
+    return _done(f"{args.out}/projection.json, {args.out}/projection.png", started)
