@@ -77,8 +77,40 @@ def lr_scaling(report: dict) -> None:
                 f"| {p['workers']} | {'yes' if p['warmup'] else 'no'} | {p['learning_rate']:.3g} | {_f(p['loss'])} | {_f(p['accuracy'])} | "
                 f"{'–' if na is None else f'{na:.3f}'} |"
             )
+    if grid:
+        grid_summary(report["points"])
     n, wall = _runs(report["points"])
     print(f"\n{n} runs, {wall / 3600:.2f} h of run wall time in all (runs in parallel count each)")
+
+
+def grid_summary(points: list[dict], metric: str = "accuracy") -> None:
+    """The paper's form in one row per (N, warm-up): the grid's best LR by mean ``metric``, each
+    rule's LR as a multiple of it with its normalised score, and Welch p of the best against it."""
+    from scipy.stats import ttest_ind
+
+    def vals(p: dict) -> list[float]:
+        return [r["final"][metric] for r in p["runs"] if r["final"].get(metric) is not None]
+
+    print()
+    print(f"| N | warm-up | best LR ({metric}) | none: LR / best, normalised, p | sqrt | linear |")
+    print("|---:|---|---|---|---|---|")
+    for n in sorted({p["workers"] for p in points}):
+        for warm in (False, True):
+            sub = [p for p in points if p["workers"] == n and p["warmup"] == warm and p[metric]["mean"] is not None]
+            if not any(p["rule"] == "grid" for p in sub):
+                continue
+            best = max(sub, key=lambda p: p[metric]["mean"])  # over the grid and the rules' rates
+            cells = []
+            for rule in ("none", "sqrt", "linear"):
+                q = next((p for p in sub if p["rule"] == rule), None)
+                if q is None:
+                    cells.append("–")
+                    continue
+                same = abs(q["learning_rate"] - best["learning_rate"]) < 1e-12
+                pv = None if same else float(ttest_ind(vals(best), vals(q), equal_var=False).pvalue)
+                norm = q[metric]["mean"] / best[metric]["mean"]
+                cells.append(f"×{q['learning_rate'] / best['learning_rate']:.3g}, {norm:.3f}" + ("" if pv is None else f", p {pv:.2g}"))
+            print(f"| {n} | {'yes' if warm else 'no'} | {best['learning_rate']:.3g} ({_f(best[metric])}) | " + " | ".join(cells) + " |")
 
 
 def _level(stat: dict | None, point: dict) -> str:
