@@ -31,6 +31,11 @@ def _f(stat: dict | float | None, digits: int = 3) -> str:
     return "–" if stat is None else f"{stat:.{digits}f}"
 
 
+def _finals(point: dict, metric: str) -> list[float]:
+    """The final-window ``metric`` of each of a point's runs (the values its mean and CI are of)."""
+    return [r["final"][metric] for r in point["runs"] if r["final"].get(metric) is not None]
+
+
 def _runs(points: list[dict]) -> tuple[int, float]:
     """Distinct runs (a run shared by two points counts once) and their summed wall seconds."""
     seen = {}
@@ -88,9 +93,6 @@ def grid_summary(points: list[dict], metric: str = "accuracy") -> None:
     rule's LR as a multiple of it with its normalised score, and Welch p of the best against it."""
     from scipy.stats import ttest_ind
 
-    def vals(p: dict) -> list[float]:
-        return [r["final"][metric] for r in p["runs"] if r["final"].get(metric) is not None]
-
     print()
     print(f"| N | warm-up | best LR ({metric}) | none: LR / best, normalised, p | sqrt | linear |")
     print("|---:|---|---|---|---|---|")
@@ -107,7 +109,7 @@ def grid_summary(points: list[dict], metric: str = "accuracy") -> None:
                     cells.append("–")
                     continue
                 same = abs(q["learning_rate"] - best["learning_rate"]) < 1e-12
-                pv = None if same else float(ttest_ind(vals(best), vals(q), equal_var=False).pvalue)
+                pv = None if same else float(ttest_ind(_finals(best, metric), _finals(q, metric), equal_var=False).pvalue)
                 norm = q[metric]["mean"] / best[metric]["mean"]
                 cells.append(f"×{q['learning_rate'] / best['learning_rate']:.3g}, {norm:.3f}" + ("" if pv is None else f", p {pv:.2g}"))
             print(f"| {n} | {'yes' if warm else 'no'} | {best['learning_rate']:.3g} ({_f(best[metric])}) | " + " | ".join(cells) + " |")
@@ -171,8 +173,7 @@ def convergence(path_b: str, path_2b: str) -> None:
         if q is None:
             continue
         for m in ("accuracy", "loss", "f1"):
-            a = [r["final"][m] for r in p["runs"] if r["final"].get(m) is not None]
-            b = [r["final"][m] for r in q["runs"] if r["final"].get(m) is not None]
+            a, b = _finals(p, m), _finals(q, m)
             d, ci = _welch(a, b)
             print(
                 f"| {p['workers']} | {p['learning_rate']:.3g} | {'yes' if p['warmup'] else 'no'} | {m} | {len(a)}/{len(b)} | "

@@ -104,7 +104,7 @@ def _rules_panel(ax, points: Sequence[dict[str, Any]], metric: str) -> None:
                 continue
             shift = 1.04 ** (i - 1 + (0.5 if warm else -0.5) / 3)  # side by side, not on top of each other
             ys = [_value(p, metric) for p in sub]
-            cis = [_ci(p, metric) or 0.0 for p in sub]
+            cis = [_ci(p, metric) for p in sub]
             # A t-interval can reach past what the figure can be (a loss below 0, an accuracy
             # above 1): the bars stop at those bounds.
             lo, hi = (0.0, math.inf) if metric == "loss" else (0.0, 1.0)
