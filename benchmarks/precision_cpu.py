@@ -1,12 +1,18 @@
 """CPU bf16 against float32: the published FIB-25 model on a crop of training_sample2.
 
     .venv/bin/python benchmarks/precision_cpu.py [--size 100] [--threads 2] [--precisions fp32,bf16]
+        [--noise-runs K --noise-std 4e-6]
 
 Segments the ``size``³ crop at the origin with the reference settings once per precision and
 reports, per precision, seconds per FOV end to end, FOVs and segments; for bf16 also the
 adapted Rand error against the float32 segmentation (both ways round) and, for both, against
 the ground truth of the crop. Issue #20's target: bf16 ≤ 0.16 s per FOV on the 100³ crop
 (float32: 0.24) with adapted Rand ≤ 0.02 against float32 and no worse against ground truth.
+
+``--noise-runs K`` adds K float32 runs whose logits get Gaussian noise of ``--noise-std``
+(default 4e-6, how far the TensorFlow golden outputs and neuroflood's float32 ones differ),
+each with its own noise seed: a control for how far *any* other correct float32
+implementation lands from this one on the crop, i.e. the floor under bf16's difference.
 Writes benchmarks/results/precision_cpu.json (or --out).
 """
 
@@ -20,8 +26,26 @@ import platform
 import time
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
+
+
+class NoisyLogits:
+    """An executor whose logits get seeded Gaussian noise: another float32 implementation's
+    rounding, in effect (the noise is far below what bf16 changes)."""
+
+    def __init__(self, executor, std: float, seed: int):
+        self.executor, self.std = executor, std
+        self.rng = np.random.default_rng(seed)
+
+    def predict(self, image: np.ndarray, seed: np.ndarray) -> np.ndarray:
+        logits = self.executor.predict(image, seed)
+        return logits + self.rng.normal(0.0, self.std, logits.shape).astype(np.float32)
+
+    def stats(self) -> dict:
+        return self.executor.stats()
 
 
 def main() -> None:
@@ -29,6 +53,8 @@ def main() -> None:
     p.add_argument("--size", type=int, default=100, help="edge of the cubic crop at the origin")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--precisions", default="fp32,bf16", help="precisions to run, comma-separated")
+    p.add_argument("--noise-runs", type=int, default=0, help="float32 runs with noise on the logits (a control)")
+    p.add_argument("--noise-std", type=float, default=4e-6, help="standard deviation of that noise, in logits")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "precision_cpu.json"))
     args = p.parse_args()
     import h5py
@@ -49,14 +75,19 @@ def main() -> None:
         return round(float(segmentation_metrics(contingency_table(seg, truth))["adapted_rand_error"]), 4)
 
     runs, segs = {}, {}
-    for precision in [s.strip() for s in args.precisions.split(",") if s.strip()]:
+    names = [s.strip() for s in args.precisions.split(",") if s.strip()]
+    names += [f"fp32+noise{k}" for k in range(args.noise_runs)]
+    for name in names:
+        precision = name.split("+")[0]
         executor = LocalExecutor(model, "cpu", precision=precision)
+        if "+noise" in name:
+            executor = NoisyLogits(executor, args.noise_std, seed=int(name.rsplit("noise", 1)[1]))
         load = os.getloadavg()
         t0 = time.perf_counter()
         result = segment_subvolume(model, image, {"precision": precision}, executor=executor)
         wall = time.perf_counter() - t0
-        segs[precision] = result.segmentation
-        runs[precision] = {
+        segs[name] = result.segmentation
+        runs[name] = {
             "seconds": round(wall, 2),
             "fov_evaluations": result.fov_evaluations,
             "seconds_per_fov": round(wall / result.fov_evaluations, 4),
@@ -65,7 +96,9 @@ def main() -> None:
             "adapted_rand_vs_ground_truth": rand(result.segmentation, labels),
             "loadavg_before": [round(v, 2) for v in load],
         }
-        print(precision, json.dumps(runs[precision]), flush=True)
+        if "+noise" in name:
+            runs[name]["noise_std"] = args.noise_std
+        print(name, json.dumps(runs[name]), flush=True)
     if "fp32" in segs:
         for precision, seg in segs.items():
             if precision != "fp32":
@@ -78,6 +111,7 @@ def main() -> None:
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
         "cpu_bf16": cpu_bf16_support()[0],
         "threads": args.threads,
+        "noise_std": args.noise_std if args.noise_runs else None,
         "crop": [args.size] * 3,
         "runs": runs,
     }
