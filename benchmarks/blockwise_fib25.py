@@ -44,10 +44,10 @@ def join_audit(cores: np.ndarray, mapping, gt: np.ndarray) -> dict:
     ``cores`` holds the block ids before reconciliation (every piece its own object). A joined
     object is *false* when its pieces' majority ground-truth objects differ.
     """
-    from neuroflood.evaluate.metrics import _majority_maps, contingency_table, segmentation_metrics
+    from neuroflood.evaluate.metrics import contingency_table, majority_maps, segmentation_metrics
 
     table = contingency_table(cores, gt)
-    (piece_ids, main_gt), _ = _majority_maps(table)  # each piece's main ground-truth object
+    (piece_ids, main_gt), _ = majority_maps(table)  # each piece's main ground-truth object
     majority = dict(zip(piece_ids.tolist(), main_gt.tolist()))
     groups: dict[int, set] = {}
     pieces: dict[int, int] = {}
