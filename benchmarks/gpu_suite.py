@@ -10,7 +10,9 @@ Measures, each part on its own (a failing part is recorded and the rest goes on)
 3. training FOVs/s (``neuroflood train``, real example generation) of the FIB-25
    configuration and the small demo configuration, fp32 and bf16, on the FIB-25 sample;
 4. the whole 250^3 FIB-25 sample segmented with the published model (``neuroflood
-   segment``), fp32 and bf16: seconds, segments and FOVs beside google/ffn's 254 / 25,799;
+   segment``), fp32 and bf16, as one subvolume (one FOV per network call) and with the
+   batched executor (2x2x2 blocks, 8 Canvases, batches of 8): seconds, FOVs/s, segments and
+   FOVs beside google/ffn's 254 / 25,799, each against the one-subvolume fp32 result;
 5. one data-parallel training step under NCCL on one GPU (a 1-rank process group).
 
 On a machine without CUDA it stops at once with a one-line message and exit status 2.
@@ -183,42 +185,52 @@ def training_throughput(work: Path, seconds: float) -> dict:
 
 
 def whole_sample(work: Path, quick: bool) -> dict:
-    import h5py
-
-    bbox = ["--bbox", "0,0,0:100,100,100"] if quick else []
-    out: dict[str, Any] = {"box": "0,0,0:100,100,100" if quick else "whole 250^3", "reference": REFERENCE}
-    for precision in ("fp32", "bf16"):
-        seg, summary = work / f"seg-{precision}.h5", work / f"seg-{precision}.json"
-        wall = neuroflood(
-            "segment",
-            "--model",
-            str(CKPT),
-            "--image",
-            f"{FIB25}:image",
-            *bbox,
-            "--out",
-            f"{seg}:segmentation",
-            "--summary",
-            str(summary),
-            "--set",
-            "device=cuda",
-            "--set",
-            f"precision={precision}",
-            "--no-progress",
-            cwd=work,
-        )
-        s = json.loads(summary.read_text())
-        out[precision] = {
-            "wall_s": round(wall, 1),
-            "seconds": s.get("seconds"),
-            "segments": s.get("segments"),
-            "fov_evaluations": s.get("fov_evaluations"),
-        }
+    """The sample segmented four ways: one subvolume (one Canvas, one FOV per call) and the
+    batched executor (blockwise, 2x2x2 blocks, 8 Canvases feeding batches of 8), fp32 and bf16."""
     from neuroflood.evaluate.metrics import contingency_table, segmentation_metrics
+    from neuroflood.volume import open_volume
 
-    with h5py.File(work / "seg-fp32.h5", "r") as a, h5py.File(work / "seg-bf16.h5", "r") as b:
-        m = segmentation_metrics(contingency_table(b["segmentation"][...], a["segmentation"][...]))
-    out["bf16_vs_fp32"] = {k: m[k] for k in ("adapted_rand_error", "vi_split", "vi_merge") if k in m}
+    edge = 100 if quick else 250
+    bbox = ["--bbox", "0,0,0:100,100,100"] if quick else []
+    block = str((edge + 48 + 1) // 2)  # 2 blocks per axis with the default overlap of 48
+    batched = ["--block-size", ",".join([block] * 3), "--set", "batch_size=8"]
+    out: dict[str, Any] = {"box": "0,0,0:100,100,100" if quick else "whole 250^3", "reference": REFERENCE, "batched_block": int(block)}
+    segs = {}
+    for precision in ("fp32", "bf16"):
+        for path, extra in (("", []), ("_batched", batched)):
+            name = f"{precision}{path}"
+            seg, summary = f"{work}/seg-{name}.zarr/seg", work / f"seg-{name}.json"
+            wall = neuroflood(
+                "segment",
+                "--model",
+                str(CKPT),
+                "--image",
+                f"{FIB25}:image",
+                *bbox,
+                *extra,
+                "--out",
+                seg,
+                "--summary",
+                str(summary),
+                "--set",
+                "device=cuda",
+                "--set",
+                f"precision={precision}",
+                "--no-progress",
+                cwd=work,
+            )
+            s = json.loads(summary.read_text())
+            out[name] = {
+                "wall_s": round(wall, 1),
+                "seconds": s.get("seconds"),
+                "segments": s.get("segments"),
+                "fov_evaluations": s.get("fov_evaluations"),
+            }
+            out[name]["fovs_per_s"] = round(out[name]["fov_evaluations"] / wall, 1) if out[name]["fov_evaluations"] else None
+            segs[name] = open_volume(seg)[...]
+    for name in ("bf16", "fp32_batched", "bf16_batched"):
+        m = segmentation_metrics(contingency_table(segs[name], segs["fp32"]))
+        out[f"{name}_vs_fp32"] = {k: m[k] for k in ("adapted_rand_error", "vi_split", "vi_merge") if k in m}
     return out
 
 
