@@ -20,6 +20,12 @@ reconciliation, output), and the seam error as benchmarks/blockwise_seams.py mea
 face itself separates), each against the one-subvolume run (ratios). FOVs and voxels read do
 not depend on the machine's load; seconds do. Writes benchmarks/results/blockwise_cost.json.
 Cost: about 15 one-subvolume runs with the defaults; run it on a quiet machine.
+
+``--keep DIR`` saves each seed's volume and one-subvolume run (segmentation and summary with its
+wall seconds) in ``DIR/seed-S/``; ``--reuse DIR`` takes them from there instead of running the
+one subvolume again (same shape and model; the wall seconds are those of the earlier run, so
+reuse only a run of the same quiet session). The one-subvolume run of a 256³ volume takes
+20+ minutes here.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -138,6 +145,10 @@ def seam_error(one: np.ndarray, stitched: np.ndarray, labels: np.ndarray, stride
     }
 
 
+def base_spec(model: str, h5: str, request: dict) -> dict:
+    return {"model": model, "image": f"{h5}:image", "request": request}
+
+
 def size(text: str) -> tuple[int, int, int]:
     """'64' -> (64, 64, 64); '36x44x44' -> (36, 44, 44)."""
     v = [int(x) for x in text.split("x")]
@@ -194,6 +205,8 @@ def main() -> None:
     p.add_argument("--overlaps", default="default,8,4", help="overlaps (cubes; 'default': 2*(fov//2 + delta))")
     p.add_argument("--two-workers", default="128:default", help="BLOCK:OVERLAP runs repeated on 2 workers ('' : none)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "blockwise_cost.json"))
+    p.add_argument("--keep", metavar="DIR", help="save each seed's volume and one-subvolume run in DIR/seed-S/")
+    p.add_argument("--reuse", metavar="DIR", help="take them from DIR/seed-S/ (written by --keep) instead of running them")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -226,12 +239,27 @@ def main() -> None:
     volumes = []
     for seed in (int(s) for s in args.seeds.split(",")):
         with tempfile.TemporaryDirectory(prefix="nf-bwcost-") as tmp:
-            h5 = f"{tmp}/volume.h5"
-            make_volume(h5, shape, seed, oracle)
+            saved = Path(args.reuse) / f"seed-{seed}" if args.reuse else Path(tmp)
+            h5 = f"{saved}/volume.h5"
+            if args.reuse:
+                single = json.loads((saved / "single_run.json").read_text())
+                if open_volume(f"{h5}:image").shape != shape or single.get("model", model) != model:
+                    raise SystemExit(f"{saved} holds another shape or model's run; run without --reuse")
+            else:
+                make_volume(h5, shape, seed, oracle)
+                single = launch(
+                    {**base_spec(model, h5, request), "kind": "single", "out": f"{tmp}/single.h5:seg", "summary": f"{tmp}/single.json"}, 1
+                )
+                single["model"] = model
+                (Path(tmp) / "single_run.json").write_text(json.dumps(single))
+                if args.keep:
+                    keep = Path(args.keep) / f"seed-{seed}"
+                    keep.mkdir(parents=True, exist_ok=True)
+                    for name in ("volume.h5", "single.h5", "single_run.json"):
+                        shutil.copy2(Path(tmp) / name, keep / name)
             labels = open_volume(f"{h5}:labels")[...]
-            base = {"model": model, "image": f"{h5}:image", "request": request}
-            single = launch({**base, "kind": "single", "out": f"{tmp}/single.h5:seg", "summary": f"{tmp}/single.json"}, 1)
-            one = open_volume(f"{tmp}/single.h5:seg")[...].astype(np.uint64)
+            base = base_spec(model, h5, request)
+            one = open_volume(f"{saved}/single.h5:seg")[...].astype(np.uint64)
             print(json.dumps({"seed": seed, "single": single}), flush=True)
             rows = []
             for k, (block, overlap, workers) in enumerate(configs):
