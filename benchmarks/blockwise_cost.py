@@ -145,10 +145,6 @@ def seam_error(one: np.ndarray, stitched: np.ndarray, labels: np.ndarray, stride
     }
 
 
-def base_spec(model: str, h5: str, request: dict) -> dict:
-    return {"model": model, "image": f"{h5}:image", "request": request}
-
-
 def size(text: str) -> tuple[int, int, int]:
     """'64' -> (64, 64, 64); '36x44x44' -> (36, 44, 44)."""
     v = [int(x) for x in text.split("x")]
@@ -211,6 +207,10 @@ def main() -> None:
     args = p.parse_args()
     if args.child:
         return child(json.loads(args.child))
+    if args.keep and args.reuse:
+        p.error("--keep and --reuse exclude each other: --reuse already takes the kept runs")
+    if args.keep and any((Path(args.keep) / f"seed-{s}").exists() for s in args.seeds.split(",")):
+        p.error(f"{args.keep} already holds a seed-S folder; --keep writes only new ones (choose another DIR)")
     if not args.model:
         p.error("--model is required: a native checkpoint directory (e.g. a demo's train/checkpoints/step-N/model) or 'oracle'")
 
@@ -241,24 +241,23 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="nf-bwcost-") as tmp:
             saved = Path(args.reuse) / f"seed-{seed}" if args.reuse else Path(tmp)
             h5 = f"{saved}/volume.h5"
+            base = {"model": model, "image": f"{h5}:image", "request": request}
             if args.reuse:
+                if not (saved / "single_run.json").is_file():
+                    raise SystemExit(f"{saved} holds no run of --keep; run once with --keep {args.reuse}")
                 single = json.loads((saved / "single_run.json").read_text())
-                if open_volume(f"{h5}:image").shape != shape or single.get("model", model) != model:
+                if open_volume(f"{h5}:image").shape != shape or single.pop("model", model) != model:
                     raise SystemExit(f"{saved} holds another shape or model's run; run without --reuse")
             else:
                 make_volume(h5, shape, seed, oracle)
-                single = launch(
-                    {**base_spec(model, h5, request), "kind": "single", "out": f"{tmp}/single.h5:seg", "summary": f"{tmp}/single.json"}, 1
-                )
-                single["model"] = model
-                (Path(tmp) / "single_run.json").write_text(json.dumps(single))
+                single = launch({**base, "kind": "single", "out": f"{tmp}/single.h5:seg", "summary": f"{tmp}/single.json"}, 1)
                 if args.keep:
                     keep = Path(args.keep) / f"seed-{seed}"
                     keep.mkdir(parents=True, exist_ok=True)
-                    for name in ("volume.h5", "single.h5", "single_run.json"):
+                    (keep / "single_run.json").write_text(json.dumps({**single, "model": model}))
+                    for name in ("volume.h5", "single.h5"):
                         shutil.copy2(Path(tmp) / name, keep / name)
             labels = open_volume(f"{h5}:labels")[...]
-            base = base_spec(model, h5, request)
             one = open_volume(f"{saved}/single.h5:seg")[...].astype(np.uint64)
             print(json.dumps({"seed": seed, "single": single}), flush=True)
             rows = []

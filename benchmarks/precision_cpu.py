@@ -75,13 +75,13 @@ def main() -> None:
         return round(float(segmentation_metrics(contingency_table(seg, truth))["adapted_rand_error"]), 4)
 
     runs, segs = {}, {}
-    names = [s.strip() for s in args.precisions.split(",") if s.strip()]
-    names += [f"fp32+noise{k}" for k in range(args.noise_runs)]
-    for name in names:
-        precision = name.split("+")[0]
+    # (name, precision, noise seed or None)
+    todo = [(s.strip(), s.strip(), None) for s in args.precisions.split(",") if s.strip()]
+    todo += [(f"fp32+noise{k}", "fp32", k) for k in range(args.noise_runs)]
+    for name, precision, noise_seed in todo:
         executor = LocalExecutor(model, "cpu", precision=precision)
-        if "+noise" in name:
-            executor = NoisyLogits(executor, args.noise_std, seed=int(name.rsplit("noise", 1)[1]))
+        if noise_seed is not None:
+            executor = NoisyLogits(executor, args.noise_std, seed=noise_seed)
         load = os.getloadavg()
         t0 = time.perf_counter()
         result = segment_subvolume(model, image, {"precision": precision}, executor=executor)
@@ -96,7 +96,7 @@ def main() -> None:
             "adapted_rand_vs_ground_truth": rand(result.segmentation, labels),
             "loadavg_before": [round(v, 2) for v in load],
         }
-        if "+noise" in name:
+        if noise_seed is not None:
             runs[name]["noise_std"] = args.noise_std
         print(name, json.dumps(runs[name]), flush=True)
     if "fp32" in segs:
