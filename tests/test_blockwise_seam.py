@@ -260,3 +260,17 @@ def test_face_splits_counts_pairs_cut_at_faces():
     assert face_splits(ref, inside, (2, 4, 4), seams_only=True) == {}  # both cross it: not a seam
     with pytest.raises(ValueError, match=r"reference \(4, 4, 4\) and stitched \(4, 4, 3\) differ in shape"):
         face_splits(ref, ref[..., :3], (2, 2, 2))
+
+
+def test_face_splits_min_fraction_skips_boundary_slivers():
+    ref = np.ones((4, 4, 4), np.uint64)
+    cut = ref.copy()
+    cut[2:] = 5  # object 1 split at the z = 2 face into two halves
+    assert face_splits(ref, cut, (2, 4, 4), seams_only=True, min_fraction=0.4) == {1: 16}
+    assert face_splits(ref, cut, (2, 4, 4), seams_only=True, min_fraction=0.6) == {}  # each half holds 0.5
+    # one boundary voxel of object 1 given to a segment 7 that ends at the face: a split by the letter
+    sliver = ref.copy()
+    sliver[1, 0, 0] = 7
+    assert face_splits(ref, sliver, (2, 4, 4), seams_only=True) == {1: 1}
+    assert face_splits(ref, sliver, (2, 4, 4), seams_only=True, min_fraction=0.01) == {1: 1}  # 7 holds 1/64
+    assert face_splits(ref, sliver, (2, 4, 4), seams_only=True, min_fraction=0.05) == {}
