@@ -117,6 +117,7 @@ def blockwise_sweep(args: argparse.Namespace, batches: list[int], precision: str
     image = open_volume(args.image)
     box = BoundingBox.parse(args.bbox) if args.bbox else BoundingBox.from_shape(image.shape)
     block = parse_ints(args.block_size, 3, "--block-size")
+    # the default overlap when docs/benchmarks.md's results were measured (now fov//2 + delta)
     overlap = tuple(2 * (f // 2 + d) for f, d in zip(model.config.fov_size, model.config.deltas))
     if "run_phase_threads" not in vars(blockwise):  # until blockwise.py runs blocks in threads itself
         threads = {"n": 1}

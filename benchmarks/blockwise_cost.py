@@ -17,7 +17,9 @@ margins its neighbours repeat, outside the box; FOVs of objects the Canvas rejec
 with no voxel in the block's core; hand-over rounds), image voxels read, wall seconds and the job's seconds per step (blocks, hand-over,
 reconciliation, output), and the seam error as benchmarks/blockwise_seams.py measures it
 (adapted Rand and VI against the one-subvolume result, objects split at block faces, those the
-face itself separates), each against the one-subvolume run (ratios). FOVs and voxels read do
+face itself separates, and of those the ones whose two pieces each hold ≥ 1 % of the object),
+the face-made splits of ground-truth objects beside one subvolume's on the same planes (the
+chance level), each against the one-subvolume run (ratios). FOVs and voxels read do
 not depend on the machine's load; seconds do. Writes benchmarks/results/blockwise_cost.json.
 Cost: about 15 one-subvolume runs with the defaults; run it on a quiet machine.
 
@@ -48,6 +50,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 DEMO_REQUEST = {"options": {"min_segment_size": 300}}  # `neuroflood demo`'s segment step
 DEMO_SYNTH = {"density": 2.0, "noise": 5.0}  # `neuroflood demo`'s synth arguments
+SUBSTANTIAL = 0.01  # a face-made split counts as substantial when both pieces hold >= 1 % of the object
 
 
 def load(model: str):
@@ -129,19 +132,31 @@ def launch(spec: dict, workers: int) -> dict:
 
 
 def seam_error(one: np.ndarray, stitched: np.ndarray, labels: np.ndarray, stride: tuple[int, ...]) -> dict:
-    """benchmarks/blockwise_seams.py's measures of a stitched result against one subvolume."""
+    """benchmarks/blockwise_seams.py's measures of a stitched result against one subvolume, and
+    the face-made splits against the ground truth beside those of one subvolume on the same
+    planes (its faces are no faces: what chance gives there)."""
     from neuroflood.evaluate.metrics import contingency_table, segmentation_metrics
     from neuroflood.infer.reconcile import face_splits
 
     vs_one = segmentation_metrics(contingency_table(stitched, one))
     vs_gt = segmentation_metrics(contingency_table(stitched, labels))
+
+    def seams(reference: np.ndarray, seg: np.ndarray, min_fraction: float = 0.0) -> int:
+        return len(face_splits(reference, seg, stride, seams_only=True, min_fraction=min_fraction))
+
     return {
         "adapted_rand_vs_one": round(vs_one["adapted_rand_error"], 4),
         "vi_vs_one": round(vs_one["vi"], 4),
         "face_splits": len(face_splits(one, stitched, stride)),
-        "seams": len(face_splits(one, stitched, stride, seams_only=True)),
+        "seams": seams(one, stitched),
+        # both pieces hold at least 1 % of the object: not a boundary voxel or two
+        "seams_1pct": seams(one, stitched, SUBSTANTIAL),
         "adapted_rand_vs_ground_truth": round(vs_gt["adapted_rand_error"], 4),
         "false_merges_vi": round(vs_gt["vi_merge_segmented"], 4),
+        "gt_seams": seams(labels, stitched),
+        "gt_seams_1pct": seams(labels, stitched, SUBSTANTIAL),
+        "one_subvolume_gt_seams": seams(labels, one),
+        "one_subvolume_gt_seams_1pct": seams(labels, one, SUBSTANTIAL),
     }
 
 
@@ -198,7 +213,7 @@ def main() -> None:
     p.add_argument("--seeds", default="0", help="volume seeds, comma-separated")
     p.add_argument("--blocks", default="64,96,128", help="block sizes, comma-separated: N (a cube) or ZxYxX")
     p.add_argument("--cores", default="", help="core sizes (N or ZxYxX), each run as blocks of core + overlap")
-    p.add_argument("--overlaps", default="default,8,4", help="overlaps (cubes; 'default': 2*(fov//2 + delta))")
+    p.add_argument("--overlaps", default="default,8,4", help="overlaps (cubes; 'default': fov//2 + delta, the blockwise default)")
     p.add_argument("--two-workers", default="128:default", help="BLOCK:OVERLAP runs repeated on 2 workers ('' : none)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "blockwise_cost.json"))
     p.add_argument("--keep", metavar="DIR", help="save each seed's volume and one-subvolume run in DIR/seed-S/")
@@ -215,7 +230,7 @@ def main() -> None:
         p.error("--model is required: a native checkpoint directory (e.g. a demo's train/checkpoints/step-N/model) or 'oracle'")
 
     from neuroflood.bbox import BoundingBox
-    from neuroflood.infer.blocks import BlockGrid
+    from neuroflood.infer.blocks import BlockGrid, default_overlap
     from neuroflood.volume import open_volume
 
     oracle = args.model == "oracle"
@@ -226,7 +241,7 @@ def main() -> None:
     else:
         request = DEMO_REQUEST
     cfg = load(args.model).config
-    default = 2 * (cfg.fov_size[0] // 2 + cfg.deltas[0])
+    default = default_overlap(cfg.fov_size, cfg.deltas)[0]
     shape = tuple(int(v) for v in args.shape.split(","))
     overlaps = [default if o == "default" else int(o) for o in args.overlaps.split(",")]
     # (block box z,y,x, overlap, workers); a core size C gives blocks of C + overlap

@@ -188,11 +188,13 @@ def whole_sample(work: Path, quick: bool) -> dict:
     """The sample segmented four ways: one subvolume (one Canvas, one FOV per call) and the
     batched executor (blockwise, 2x2x2 blocks, 8 Canvases feeding batches of 8), fp32 and bf16."""
     from neuroflood.evaluate.metrics import contingency_table, segmentation_metrics
+    from neuroflood.infer.blocks import default_overlap
     from neuroflood.volume import open_volume
 
     edge = 100 if quick else 250
     bbox = ["--bbox", "0,0,0:100,100,100"] if quick else []
-    block = str((edge + 48 + 1) // 2)  # 2 blocks per axis with the default overlap of 48
+    overlap = default_overlap((33, 33, 33), (8, 8, 8))[0]  # the FIB-25 network's: 24
+    block = str((edge + overlap + 1) // 2)  # 2 blocks per axis with the default overlap
     batched = ["--block-size", ",".join([block] * 3), "--set", "batch_size=8"]
     out: dict[str, Any] = {"box": "0,0,0:100,100,100" if quick else "whole 250^3", "reference": REFERENCE, "batched_block": int(block)}
     segs = {}

@@ -257,6 +257,10 @@ def test_different_request_in_same_output_is_refused(tmp_path, synth_small):
     run_blockwise_job(out, *args, GroundTruthSegmenter(labels), {"model": "a"}, DistInfo(), progress=False)
     with pytest.raises(DataError, match="different request \\(differs in: model\\)"):
         run_blockwise_job(out, *args, GroundTruthSegmenter(labels), {"model": "b"}, DistInfo(), progress=False)
+    # another overlap (e.g. a job begun under the old default): the refusal says how to resume it
+    other = (*args[:3], (4, 4, 4))
+    with pytest.raises(DataError, match=r"differs in: overlap; it was made with --overlap 8,8,8\)"):
+        run_blockwise_job(out, *other, GroundTruthSegmenter(labels), {"model": "a"}, DistInfo(), progress=False)
     with pytest.raises(VolumeError, match="DIR.zarr/NAME"):
         JobPaths.from_spec(f"{tmp_path}/seg.h5:seg")
 

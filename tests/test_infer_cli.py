@@ -196,8 +196,8 @@ def test_blockwise_options_come_from_the_config_file_and_the_command_line_overri
     args = ["segment", "--model", model, "--image", image, "--out", out, "--config", str(blockwise), "--no-progress"]
     assert main([*args, "--handover-rounds", "0"]) == 0
     job = json.loads((tmp / "fromfile.zarr" / ".seg.work" / "request.json").read_text())
-    assert job["block_size"] == [40, 40, 28] and job["handover_rounds"] == 0 and job["overlap"] == [14, 14, 14]
-    assert "in 3 blocks" in capsys.readouterr().out
+    assert job["block_size"] == [40, 40, 28] and job["handover_rounds"] == 0 and job["overlap"] == [7, 7, 7]  # the default: fov//2 + delta
+    assert "in 2 blocks" in capsys.readouterr().out
     blockwise.write_text("[blockwise]\nmin_overlap_fraction = 2\n")
     assert main([*args[:-3], "--config", str(blockwise), "--block-size", "40,40,28"]) == 2
     err = capsys.readouterr().err

@@ -22,6 +22,19 @@ from ..bbox import BoundingBox
 from ..errors import ConfigError
 
 
+def default_overlap(fov_size: Sequence[int], deltas: Sequence[int]) -> tuple[int, int, int]:
+    """The overlap of neighbouring blocks when none is given: ``fov // 2 + delta`` per axis.
+
+    Each block then sees half of it beyond its core, and its objects reach that far into the
+    neighbour's core for the overlap rule. It is the smallest overlap with no face-made split
+    on the seam test's oracle volumes (2 voxels less splits objects). On a 256³ volume with the
+    demo network neither it nor twice it (the default until 2026-11-30) split any object at a
+    face with both pieces holding >= 1 % of it, and blocks of 128³ cost 1.2x one subvolume's
+    FOVs instead of 1.43x (docs/benchmarks.md). FIB-25: 24.
+    """
+    return tuple(int(f) // 2 + int(d) for f, d in zip(fov_size, deltas))  # type: ignore[return-value]
+
+
 @dataclass(frozen=True)
 class Block:
     index: int  # position in C order over the grid

@@ -41,7 +41,7 @@ from ..errors import DataError, NeurofloodError, VolumeError
 from ..volume import Volume, open_volume
 from .block_segmenter import BlockSegmenter, FFNBlockSegmenter
 from .block_threads import run_phase_threads
-from .blocks import Block, BlockGrid, fov_categories
+from .blocks import Block, BlockGrid, default_overlap, fov_categories
 from .config import BlockwiseConfig, InferenceRequest
 from .handover import MIN_HANDOVER_VOXELS, handover_seeds
 from .jobfiles import (
@@ -408,7 +408,7 @@ def segment_blockwise(
                 volume,
                 box,
                 options.block_size or box.size,
-                options.overlap or tuple(2 * (f // 2 + d) for f, d in zip(cfg.fov_size, cfg.deltas)),
+                options.overlap or default_overlap(cfg.fov_size, cfg.deltas),
                 FFNBlockSegmenter(model, request, job_box=box),
                 job_request,
                 info,

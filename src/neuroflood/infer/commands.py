@@ -213,7 +213,7 @@ def add_blockwise_arguments(parser: argparse.ArgumentParser) -> None:
         "--overlap",
         default=None,
         metavar="Z,Y,X",
-        help="overlap of neighbouring blocks (default: 2*(fov//2 + delta), e.g. 48 for FIB-25)",
+        help="overlap of neighbouring blocks (default: fov//2 + delta, e.g. 24 for FIB-25)",
     )
     g.add_argument("--nproc-per-node", type=int, default=None, help="start this many local workers (torchrun)")
     g.add_argument(

@@ -220,7 +220,7 @@ class BlockwiseConfig(Config):
 
     block_size: tuple[int, int, int] | None = Field(None, description="block size z,y,x; default: the whole box is one block")
     overlap: tuple[int, int, int] | None = Field(
-        None, description="overlap of neighbouring blocks z,y,x; default: 2*(fov//2 + delta), e.g. 48 for FIB-25"
+        None, description="overlap of neighbouring blocks z,y,x; default: fov//2 + delta, e.g. 24 for FIB-25"
     )
     min_overlap_voxels: int = Field(50, ge=1, description="join objects of neighbouring blocks that share at least this many voxels ...")
     min_overlap_fraction: float = Field(

@@ -102,8 +102,14 @@ def prepare_job(paths: JobPaths, grid: BlockGrid, request: dict, info: DistInfo)
             old = json.loads(req_path.read_text())
             if old != json.loads(text):
                 diff = sorted(k for k in set(old) | set(request) if old.get(k) != json.loads(text).get(k))
+                # a grid of its own (e.g. the default overlap before 2026-11-30): say how to resume it
+                grid_hint = "".join(
+                    f"; it was made with --{key.replace('_', '-')} {','.join(map(str, old[key]))}"
+                    for key in ("block_size", "overlap")
+                    if key in diff and isinstance(old.get(key), list)
+                )
                 raise DataError(
-                    f"{paths.spec} holds the output of a different request (differs in: {', '.join(diff)}); "
+                    f"{paths.spec} holds the output of a different request (differs in: {', '.join(diff)}{grid_hint}); "
                     "choose another --out or delete that one"
                 )
         elif (paths.root / paths.name).exists():
