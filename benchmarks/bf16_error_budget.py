@@ -130,8 +130,8 @@ class fpmath:
 class VariantExecutor:
     """segment_subvolume's executor interface around one variant's forward (batch 1)."""
 
-    def __init__(self, model, forward: Callable, fpmath_on: bool):
-        self.model, self.forward, self.fpmath_on = model, forward, fpmath_on
+    def __init__(self, forward: Callable, fpmath_on: bool):
+        self.forward, self.fpmath_on = forward, fpmath_on
         self.network_seconds = 0.0
 
     def predict(self, image: np.ndarray, seed: np.ndarray) -> np.ndarray:
@@ -189,7 +189,7 @@ def segment_runs(model, variants: dict, names: list[str], size: int) -> dict:
 
     rows, fp32_seg = {}, None
     for name in names:
-        executor = VariantExecutor(model, variants[name], name in FPMATH)
+        executor = VariantExecutor(variants[name], name in FPMATH)
         t0 = time.perf_counter()
         result = segment_subvolume(model, image, {"precision": "fp32"}, executor=executor)
         wall = time.perf_counter() - t0
@@ -213,6 +213,8 @@ def main() -> None:
     p.add_argument("--size", type=int, default=100, help="edge of the cubic crop at the origin (with --segment)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "bf16_error_budget.json"))
     args = p.parse_args()
+    if args.repeats < 1 or args.size < 1 or args.threads < 1:
+        p.error("--repeats, --size and --threads must be at least 1")
     torch.set_num_threads(args.threads)
     from neuroflood.model import load_model
     from neuroflood.precision import cpu_bf16_support

@@ -70,6 +70,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=2, help="alternating rounds of one process, then two")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "parallel_ceiling.json"))
     args = p.parse_args()
+    if args.seconds <= 0 or args.rounds < 1:
+        p.error("--seconds must be positive and --rounds at least 1")
     one, two = [], []
     for k in range(args.rounds):
         one.append(run(args.model, args.seconds, 1)[0])
