@@ -1,0 +1,45 @@
+"""benchmarks/worker_scaling.py: it never writes into a folder it did not make, and its ratios are right."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "worker_scaling.py"
+
+
+def load():
+    spec = importlib.util.spec_from_file_location("worker_scaling", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_refuses_a_work_folder_it_did_not_make(tmp_path):
+    (tmp_path / "theirs.txt").write_text("a user's file")
+    cmd = [sys.executable, str(SCRIPT), "--model", "m", "--image", "v.h5:image", "--work", str(tmp_path)]
+    cmd += ["--out", str(tmp_path / "r.json")]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "holds files this script did not make" in proc.stderr.strip().splitlines()[-1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["theirs.txt"]
+
+
+def test_ratios_per_round_and_pooled(tmp_path):
+    ws = load()
+
+    def run(name, workers, seconds, digest="a"):
+        return {"run": name, "workers": workers, "job_seconds": seconds, "digest": digest}
+
+    runs = [run("r0-0-w2", 2, 50.0), run("r0-1-w1", 1, 100.0), run("r0-2-w1", 1, 120.0), run("r0-3-w2", 2, 60.0)]
+    runs += [run("r1-0-w2", 2, 40.0), run("r1-1-w1", 1, 60.0, digest="b")]
+    out = tmp_path / "r.json"
+    ws.write(out, {"k": 1}, runs)
+    result = json.loads(out.read_text())
+    assert result["rounds"] == [{"round": "r0", "speedup": 2.0}, {"round": "r1", "speedup": 1.5}]
+    assert result["speedup_pooled"] == round((280 / 3) / (150 / 3), 3)
+    assert result["same_segmentation"] is False
+    assert not out.with_suffix(".json.tmp").exists()
