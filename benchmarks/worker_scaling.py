@@ -15,7 +15,7 @@ time to other tenants of the host rather than to the division of work.
 
 Each finished run is written to ``--out`` at once (default
 benchmarks/results/worker_scaling.json); rerunning the same command skips the runs already
-there, so a killed campaign resumes. ``--work`` (default: a new folder in the system's temp
+there, so a killed campaign resumes (the run that was killed starts again from nothing). ``--work`` (default: a new folder in the system's temp
 directory) holds the runs' outputs; it must be empty or one this script made earlier.
 Run it on a quiet machine.
 """
@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -69,6 +70,10 @@ def one_run(args: argparse.Namespace, work: Path, name: str, workers: int) -> di
         cmd += ["--overlap", ",".join([str(args.overlap)] * 3)]
     cmd += ["--nproc-per-node", str(workers), "--threads", "1", "--no-progress", "--summary", str(summary)]
     cmd += DEMO_REQUEST
+    # A run killed part-way left its blocks behind, and `segment` would resume them: a short,
+    # wrong time. The folder is this script's own (main() checked the mark), so start afresh.
+    shutil.rmtree(out, ignore_errors=True)
+    summary.unlink(missing_ok=True)
     before, t0 = cpu_ticks(), time.time()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall, after = time.time() - t0, cpu_ticks()
@@ -102,6 +107,8 @@ def main() -> None:
         p.error("--rounds must be at least 1")
     if args.work:
         work = Path(args.work)
+        if work.exists() and not work.is_dir():
+            p.error(f"--work {work} is a file; give an empty or new folder")
         if work.exists() and any(work.iterdir()) and not (work / MARK).exists():
             p.error(f"--work {work} holds files this script did not make; give an empty or new folder")
     else:
