@@ -15,7 +15,8 @@ time to other tenants of the host rather than to the division of work.
 
 Each finished run is written to ``--out`` at once (default
 benchmarks/results/worker_scaling.json); rerunning the same command skips the runs already
-there, so a killed campaign resumes (the run that was killed starts again from nothing). ``--work`` (default: a new folder in the system's temp
+there, so a killed campaign resumes (the run that was killed starts again from nothing); a
+result of other settings is replaced, and a file this script did not write is refused. ``--work`` (default: a new folder in the system's temp
 directory) holds the runs' outputs; it must be empty or one this script made earlier.
 Run it on a quiet machine.
 """
@@ -64,7 +65,7 @@ def digest(spec: str) -> str:
 def one_run(args: argparse.Namespace, work: Path, name: str, workers: int) -> dict:
     out = work / f"{name}.zarr"
     summary = work / f"{name}.json"
-    cmd = [str(Path(sys.executable).with_name("neuroflood")), "segment", "--model", args.model, "--image", args.image]
+    cmd = [sys.executable, "-m", "neuroflood", "segment", "--model", args.model, "--image", args.image]
     cmd += ["--out", f"{out}/seg", "--block-size", ",".join([str(args.block_size)] * 3)]
     if args.overlap is not None:
         cmd += ["--overlap", ",".join([str(args.overlap)] * 3)]
@@ -105,6 +106,18 @@ def main() -> None:
     args = p.parse_args()
     if args.rounds < 1:
         p.error("--rounds must be at least 1")
+    out = Path(args.out)
+    key = {"model": args.model, "image": args.image, "block_size": args.block_size, "overlap": args.overlap}
+    runs: list[dict] = []
+    if out.exists():
+        try:
+            earlier = json.loads(out.read_text())
+        except (OSError, ValueError):
+            earlier = {}
+        if not isinstance(earlier, dict) or earlier.get("benchmark") != "worker_scaling":
+            p.error(f"--out {out} exists and is not this script's result; give a new file")
+        if earlier.get("key") == key:  # resume: keep the runs already made
+            runs = earlier["runs"]
     if args.work:
         work = Path(args.work)
         if work.exists() and not work.is_dir():
@@ -116,13 +129,6 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     (work / MARK).touch()
 
-    out = Path(args.out)
-    key = {"model": args.model, "image": args.image, "block_size": args.block_size, "overlap": args.overlap}
-    runs: list[dict] = []
-    if out.is_file():
-        earlier = json.loads(out.read_text())
-        if earlier.get("key") == key:  # resume: keep the runs already made
-            runs = earlier["runs"]
     done = {r["run"] for r in runs}
     for rnd in range(args.rounds):
         for slot, workers in enumerate((2, 1, 1, 2)):

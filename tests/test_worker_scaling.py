@@ -43,3 +43,15 @@ def test_ratios_per_round_and_pooled(tmp_path):
     assert result["speedup_pooled"] == round((280 / 3) / (150 / 3), 3)
     assert result["same_segmentation"] is False
     assert not out.with_suffix(".json.tmp").exists()
+
+
+def test_refuses_to_replace_a_file_it_did_not_write(tmp_path):
+    theirs = tmp_path / "notes.json"
+    theirs.write_text('{"mine": 1}')
+    cmd = [sys.executable, str(SCRIPT), "--model", "m", "--image", "v.h5:image", "--work", str(tmp_path / "w")]
+    cmd += ["--out", str(theirs)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "is not this script's result" in proc.stderr.strip().splitlines()[-1]
+    assert theirs.read_text() == '{"mine": 1}'
+    assert not (tmp_path / "w").exists()
