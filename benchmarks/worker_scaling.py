@@ -29,6 +29,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -76,10 +77,18 @@ def one_run(args: argparse.Namespace, work: Path, name: str, workers: int) -> di
     shutil.rmtree(out, ignore_errors=True)
     summary.unlink(missing_ok=True)
     before, t0 = cpu_ticks(), time.time()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    # Its own session, so that a kill of this script (Ctrl-C, or SIGTERM as `timeout` sends)
+    # stops the whole job, its workers included, instead of leaving them running beside the next.
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _, stderr = proc.communicate()
+    except BaseException:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait()
+        raise
     wall, after = time.time() - t0, cpu_ticks()
     if proc.returncode:
-        raise SystemExit(f"run {name} failed ({proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}")
+        raise SystemExit(f"run {name} failed ({proc.returncode}): {stderr.strip().splitlines()[-1:]}")
     job = json.loads(summary.read_text())
     return {
         "run": name,
@@ -104,6 +113,7 @@ def main() -> None:
     p.add_argument("--work", help="folder for the runs' outputs (empty, or made by this script)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "worker_scaling.json"))
     args = p.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwinds one_run, which stops the job
     if args.rounds < 1:
         p.error("--rounds must be at least 1")
     out = Path(args.out)
