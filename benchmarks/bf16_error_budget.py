@@ -45,6 +45,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from neuroflood.atomic import atomic_write_text
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 CL = torch.channels_last_3d
@@ -237,9 +239,7 @@ def main() -> None:
     }
     if names:
         record["segment"] = {"crop": [args.size] * 3, "runs": segment_runs(model, variants, names, args.size)}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2) + "\n")
+    atomic_write_text(args.out, json.dumps(record, indent=2) + "\n")
     print(json.dumps(record, indent=2))
 
 

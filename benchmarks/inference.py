@@ -19,6 +19,8 @@ import platform
 import time
 from pathlib import Path
 
+from neuroflood.atomic import atomic_write_text
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 REFERENCE_S_PER_FOV = 0.396
@@ -80,9 +82,7 @@ def main() -> None:
         "counters": result.counters,
     }
     print(json.dumps(record, indent=2))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2) + "\n")
+    atomic_write_text(args.out, json.dumps(record, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@ import statistics
 import time
 from pathlib import Path
 
+from neuroflood.atomic import atomic_write_text
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -91,9 +93,7 @@ def main() -> None:
         "ratio_median": round(statistics.median(ratios), 3),
     }
     print(json.dumps(record, indent=2))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2) + "\n")
+    atomic_write_text(args.out, json.dumps(record, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from neuroflood.atomic import atomic_write_text
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 
@@ -116,9 +118,7 @@ def main() -> None:
         "runs": runs,
     }
     print(json.dumps(record, indent=2))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2) + "\n")
+    atomic_write_text(args.out, json.dumps(record, indent=2) + "\n")
 
 
 if __name__ == "__main__":

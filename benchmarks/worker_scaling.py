@@ -38,6 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
+from neuroflood.atomic import atomic_write_text
+
 ROOT = Path(__file__).resolve().parents[1]
 MARK = ".worker_scaling"  # a --work folder this script made holds this file
 DEMO_REQUEST = ["--set", "options.min_segment_size=300"]  # `neuroflood demo`'s segment step
@@ -148,7 +150,6 @@ def main() -> None:
             runs.append(one_run(args, work, name, workers))
             print(json.dumps(runs[-1]), flush=True)
             write(out, key, runs)
-    write(out, key, runs)
 
 
 def write(out: Path, key: dict, runs: list[dict]) -> None:
@@ -172,10 +173,7 @@ def write(out: Path, key: dict, runs: list[dict]) -> None:
         "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.python_version()}",
         "date": time.strftime("%Y-%m-%d"),
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(out)
+    atomic_write_text(out, json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":
