@@ -99,9 +99,9 @@ def prepare_job(paths: JobPaths, grid: BlockGrid, request: dict, info: DistInfo)
         req_path = paths.work / "request.json"
         text = json.dumps(request, indent=2, sort_keys=True, default=str)
         if req_path.exists():
-            old = json.loads(req_path.read_text())
-            if old != json.loads(text):
-                diff = sorted(k for k in set(old) | set(request) if old.get(k) != json.loads(text).get(k))
+            old, new = json.loads(req_path.read_text()), json.loads(text)
+            if old != new:
+                diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
                 # a grid of its own (e.g. the default overlap before 2026-11-30): say how to resume it
                 grid_hint = "".join(
                     f"; it was made with --{key.replace('_', '-')} {','.join(map(str, old[key]))}"
