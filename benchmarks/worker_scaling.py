@@ -90,7 +90,10 @@ def one_run(args: argparse.Namespace, work: Path, name: str, workers: int) -> di
         raise
     wall, after = time.time() - t0, cpu_ticks()
     if proc.returncode:
-        raise SystemExit(f"run {name} failed ({proc.returncode}): {stderr.strip().splitlines()[-1:]}")
+        # the workers' own error comes first; the launcher's last line only says that one failed
+        lines = stderr.strip().splitlines() or ["no message"]
+        why = next((line for line in lines if line.startswith("neuroflood: error:")), lines[-1])
+        raise SystemExit(f"run {name} failed (exit {proc.returncode}): {why}")
     job = json.loads(summary.read_text())
     return {
         "run": name,
@@ -118,6 +121,8 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwinds one_run, which stops the job
     if args.rounds < 1:
         p.error("--rounds must be at least 1")
+    if args.block_size < 1 or (args.overlap is not None and args.overlap < 0):
+        p.error("--block-size must be at least 1 and --overlap at least 0")
     out = Path(args.out)
     key = {"model": args.model, "image": args.image, "block_size": args.block_size, "overlap": args.overlap}
     runs: list[dict] = []

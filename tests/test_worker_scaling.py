@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "worker_scaling.py"
 
 
@@ -55,3 +57,28 @@ def test_refuses_to_replace_a_file_it_did_not_write(tmp_path):
     assert "is not this script's result" in proc.stderr.strip().splitlines()[-1]
     assert theirs.read_text() == '{"mine": 1}'
     assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--rounds", "0"], "--rounds must be at least 1"),
+        (["--block-size", "0"], "--block-size must be at least 1"),
+        (["--overlap", "-1"], "--overlap at least 0"),
+    ],
+)
+def test_refuses_counts_out_of_range(tmp_path, flags, message):
+    cmd = [sys.executable, str(SCRIPT), "--model", "m", "--image", "v.h5:image", "--work", str(tmp_path / "w")]
+    proc = subprocess.run(cmd + ["--out", str(tmp_path / "r.json"), *flags], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert message in proc.stderr.strip().splitlines()[-1]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_run_says_why_in_one_line(tmp_path):
+    cmd = [sys.executable, str(SCRIPT), "--model", str(tmp_path / "no-model"), "--image", str(tmp_path / "v.h5:image")]
+    proc = subprocess.run(cmd + ["--work", str(tmp_path / "w"), "--out", str(tmp_path / "r.json")], capture_output=True, text=True)
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("run r0-0-w2 failed (exit ") and "no checkpoint at" in last
+    assert not (tmp_path / "r.json").exists()
